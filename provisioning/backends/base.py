@@ -1,0 +1,57 @@
+"""The one method a backend owes the compiler, and the handle it writes the engine through."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_checkable
+
+from ..sidecar import Payload
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..compiler import BackboneSpec
+    from ..host import HostCapabilities
+
+
+class EngineOutput:
+    """Where a backend puts its result.
+
+    ``write(payload, notes)`` publishes the engine bytes (or a file the backend produced)
+    through the real :class:`~provisioning.sidecar.Sha256Sidecar` writer, with the manifest
+    and sidecar; ``notes`` land in the manifest (for example how a precision was produced).
+    ``scratch_dir`` is a private folder in the cache for intermediate files, removed after
+    the build. ``progress(phase, detail)`` feeds the heartbeat of long builds.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        scratch_dir: Path,
+        publish: Callable[[Payload, Mapping[str, Any]], None],
+        on_progress: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.scratch_dir = scratch_dir
+        self._publish = publish
+        self._on_progress = on_progress
+        self.written = False
+
+    def write(self, payload: Payload, notes: Mapping[str, Any] | None = None) -> None:
+        """Publish the engine atomically (engine, manifest, then sidecar); once per build."""
+        if self.written:
+            raise RuntimeError(f"engine {self.path.name} was already written in this build")
+        self._publish(payload, dict(notes or {}))
+        self.written = True
+
+    def progress(self, phase: str, detail: str = "") -> None:
+        """Report the current build phase (shown by the heartbeat)."""
+        if self._on_progress is not None:
+            self._on_progress(phase, detail)
+
+
+@runtime_checkable
+class CompileEngineCallable(Protocol):
+    """What the compiler needs from a backend: compile one backbone for one host."""
+
+    def compile_engine(self, spec: "BackboneSpec", host: "HostCapabilities", output: EngineOutput) -> None:
+        """Build ``spec`` for ``host`` and publish it with ``output.write``; raise on failure."""
+        ...

@@ -1,0 +1,97 @@
+"""The ONNX Runtime CPU backend: the embedded default where no GPU is present.
+
+The "engine" is the model as ONNX Runtime optimises it at ``ORT_ENABLE_ALL``, saved with
+``optimized_model_filepath``. That file contains layouts chosen for this CPU (ONNX
+Runtime itself warns it must only be used in the same environment), which is why its
+host key carries the CPU's instruction-set flags. int8 goes through ONNX Runtime's own
+dynamic quantization first. onnxruntime is imported only here, and only when building.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import BackendError, BackendUnavailableError
+from .base import EngineOutput
+from .validation import compare_outputs, random_inputs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..compiler import BackboneSpec
+    from ..host import HostCapabilities
+
+
+class OnnxRuntimeBackend:
+    """Compiles a backbone into an ONNX Runtime optimised model for this CPU."""
+
+    name = "onnxruntime"
+
+    def compile_engine(self, spec: "BackboneSpec", host: "HostCapabilities", output: EngineOutput) -> None:
+        """Optimise (and for int8 quantise) ``spec``'s model, optionally validate, then publish it."""
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendUnavailableError(f"onnxruntime cannot be imported ({exc}); pip install onnxruntime") from None
+        source = spec.onnx_path
+        notes = {"optimization": "ORT_ENABLE_ALL", "precision_mode": "fp32", "providers": ["CPUExecutionProvider"]}
+        if spec.precision == "int8":
+            output.progress("quantize", "dynamic int8 weights")
+            source = self._quantize(source, output.scratch_dir / "quantized.onnx", spec.model_name)
+            notes["precision_mode"] = "int8 dynamic quantization (onnxruntime.quantization, QInt8 weights)"
+        elif spec.precision != "fp32":
+            raise BackendError(
+                f"backbone {spec.model_name}: the onnxruntime backend builds fp32 and int8, not {spec.precision}"
+            )
+        optimised = output.scratch_dir / "optimized.onnx"
+        output.progress("optimize", "ORT_ENABLE_ALL")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(optimised)
+        options.log_severity_level = 3
+        try:
+            ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise BackendError(
+                f"backbone {spec.model_name}: ONNX Runtime could not load {spec.onnx_path.name}: {_first_line(exc)}"
+            ) from exc
+        if not optimised.is_file() or optimised.stat().st_size == 0:
+            raise BackendError(f"backbone {spec.model_name}: ONNX Runtime wrote no optimised model")
+        if spec.validate:
+            output.progress("validate", "random inputs vs. the source model")
+            self._validate(ort, source, optimised, spec)
+            notes["validated"] = True
+        output.progress("publish")
+        output.write(optimised, notes)
+
+    @staticmethod
+    def _quantize(source: Path, target: Path, model_name: str) -> Path:
+        try:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+        except ImportError as exc:  # pragma: no cover - part of the onnxruntime wheel
+            raise BackendUnavailableError(f"onnxruntime.quantization is unavailable ({exc})") from None
+        try:
+            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        except Exception as exc:
+            raise BackendError(f"backbone {model_name}: int8 dynamic quantization failed: {_first_line(exc)}") from exc
+        return target
+
+    @staticmethod
+    def _validate(ort, source: Path, engine: Path, spec: "BackboneSpec") -> None:
+        from ..onnxinfo import inspect_onnx
+
+        info = inspect_onnx(source)
+        feed = random_inputs(info.inputs, spec.input_shapes)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        reference = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        compiled = ort.InferenceSession(str(engine), providers=["CPUExecutionProvider"])
+        names = [o.name for o in reference.get_outputs()]
+        problems = compare_outputs(names, reference.run(names, feed), compiled.run(names, feed), "fp32")
+        if problems:
+            raise BackendError(f"backbone {spec.model_name}: validation failed: {'; '.join(problems)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

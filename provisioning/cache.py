@@ -1,0 +1,176 @@
+"""The cache folder on disk: entries, their verification, locks and the event log.
+
+Layout (one folder, flat, so ``sha256sum -c *.sha256`` works in it)::
+
+    cache_dir/
+      det.fp32.ort-1.23.2.x86_64-avx512-1a2b3c.0c4e7d21.engine                the engine
+      det.fp32.ort-1.23.2.x86_64-avx512-1a2b3c.0c4e7d21.engine.manifest.json  what it was built from
+      det.fp32.ort-1.23.2.x86_64-avx512-1a2b3c.0c4e7d21.engine.sha256         the commit point
+      .det.fp32....engine.<pid>.<token>.incomplete                             a write in progress
+      .locks/<engine name>.lock                                                one builder per engine
+      events.jsonl                                                             one line per backbone per run
+
+The cache, not doit's database, is the source of truth: an engine exists when its
+sidecar matches its bytes and its manifest matches today's build inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from filelock import FileLock
+
+from .errors import CacheError
+from .manifest import BuildInputs, explain_mismatch, read_manifest
+from .sidecar import Sha256Sidecar
+
+LOCK_DIR = ".locks"
+EVENTS_FILE = "events.jsonl"
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+log = logging.getLogger("provisioning.cache")
+
+
+@dataclass(frozen=True)
+class EngineCacheEntry:
+    """The canonical description of one cached, verified engine."""
+
+    model_name: str
+    path: Path
+    sha256: str
+    size: int
+    inputs: Mapping[str, Any] = field(compare=False, hash=False)
+    manifest: Mapping[str, Any] = field(compare=False, hash=False, repr=False)
+
+    @property
+    def file_name(self) -> str:
+        """The engine's canonical file name."""
+        return self.path.name
+
+    @property
+    def sidecar_path(self) -> Path:
+        """The ``.sha256`` sidecar beside the engine."""
+        return Sha256Sidecar.path_for(self.path)
+
+
+@dataclass(frozen=True)
+class EntryCheck:
+    """Whether a cached engine may be reused, and if not, why."""
+
+    entry: EngineCacheEntry | None
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def hit(self) -> bool:
+        """True when the engine verified and its manifest matches today's inputs."""
+        return self.entry is not None
+
+
+def check_entry(engine_path: Path, model_name: str, expected: BuildInputs) -> EntryCheck:
+    """Verify one cache entry against today's build inputs (manifest first, then bytes)."""
+    if os.path.islink(engine_path):
+        return EntryCheck(None, (f"engine path {engine_path.name} is a symlink; refusing to follow it",))
+    if not os.path.lexists(engine_path):
+        return EntryCheck(None, ("no engine in the cache",))
+    manifest = read_manifest(engine_path)
+    reasons = explain_mismatch(manifest, expected)
+    if reasons:
+        return EntryCheck(None, tuple(reasons))
+    verification = Sha256Sidecar.check(engine_path)
+    if not verification.ok:
+        return EntryCheck(None, (verification.reason,))
+    recorded = manifest.get("engine") if isinstance(manifest.get("engine"), dict) else {}
+    if recorded.get("sha256") != verification.sha256 or recorded.get("file_name") != engine_path.name:
+        return EntryCheck(None, ("manifest describes another engine (sha256 or name differs)",))
+    entry = EngineCacheEntry(
+        model_name=model_name,
+        path=engine_path,
+        sha256=verification.sha256 or "",
+        size=verification.size or 0,
+        inputs=manifest["inputs"],
+        manifest=manifest,
+    )
+    return EntryCheck(entry)
+
+
+def ensure_cache_dir(cache_dir: Path) -> None:
+    """Create the cache folder (and its lock folder); CacheError with a fix if impossible."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        locks = cache_dir / LOCK_DIR
+        if locks.is_symlink():
+            raise CacheError(f"{locks} is a symlink; remove it (the lock folder must be inside the cache)")
+        locks.mkdir(exist_ok=True)
+    except CacheError:
+        raise
+    except FileExistsError:
+        raise CacheError(f"cache folder {cache_dir} exists but is not a folder; set cache_dir to a folder") from None
+    except OSError as exc:
+        raise CacheError(
+            f"cannot create the cache folder {cache_dir} ({exc.strerror}); make it writable or set cache_dir elsewhere"
+        ) from None
+    if not os.access(cache_dir, os.W_OK | os.X_OK):
+        raise CacheError(f"cache folder {cache_dir} is not writable; fix its permissions or set cache_dir elsewhere")
+
+
+def lock_path_for(engine_path: Path) -> Path:
+    """The lock file guarding builds of ``engine_path``."""
+    return engine_path.parent / LOCK_DIR / (engine_path.name + ".lock")
+
+
+def engine_lock(engine_path: Path) -> FileLock:
+    """An inter-process lock for one canonical engine (only avoids duplicate work)."""
+    return FileLock(str(lock_path_for(engine_path)))
+
+
+def lock_is_held(engine_path: Path) -> bool:
+    """True when a live process holds the build lock of ``engine_path`` right now."""
+    path = lock_path_for(engine_path)
+    if not path.exists():
+        return False
+    probe = FileLock(str(path), timeout=0)
+    try:
+        probe.acquire(timeout=0)
+    except Exception:
+        return True
+    probe.release()
+    return False
+
+
+def append_event(cache_dir: Path, record: Mapping[str, Any]) -> None:
+    """Append one JSON line to ``events.jsonl`` in a single write (no interleaving)."""
+    line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
+    path = cache_dir / EVENTS_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        log.warning("cannot append to %s (%s); event not recorded", path, exc.strerror or exc)
+        return
+    try:
+        os.write(fd, line)
+    except OSError as exc:
+        log.warning("cannot append to %s (%s); event not recorded", path, exc.strerror or exc)
+    finally:
+        os.close(fd)
+
+
+def read_events(cache_dir: Path) -> list[dict[str, Any]]:
+    """Every well-formed event in the log (a torn last line is skipped)."""
+    path = cache_dir / EVENTS_FILE
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return []
+    events = []
+    for line in raw.splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            events.append(value)
+    return events

@@ -1,0 +1,328 @@
+"""EngineCompiler: per backbone, reuse the cached engine or compile it, never anything else.
+
+The compiler depends only on :class:`~provisioning.backends.base.CompileEngineCallable`;
+it never probes the host (the request carries :class:`HostCapabilities`).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from .backends.base import CompileEngineCallable, EngineOutput
+from .cache import EngineCacheEntry, append_event, check_entry, engine_lock, ensure_cache_dir
+from .config import InputShape
+from .errors import BackendError, ConfigError
+from .host import HostCapabilities
+from .manifest import BuildInputs, make_manifest, write_manifest
+from .onnxinfo import onnx_digest
+from .schema import EngineFilenameSchema
+from .sidecar import TEMP_SUFFIX, Payload, Sha256Sidecar
+
+log = logging.getLogger("provisioning.compiler")
+
+__all__ = [
+    "BackboneSpec",
+    "CompileOutcome",
+    "EngineCacheEntry",
+    "EngineCompileRequest",
+    "EngineCompileResult",
+    "EngineCompileSummary",
+    "EngineCompiler",
+]
+
+
+class CompileOutcome(enum.Enum):
+    """What happened to one backbone: compiled now, or an identical engine reused."""
+
+    BUILT = "BUILT"
+    REUSED = "REUSED"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One backbone, resolved for building: absolute paths, explicit input profiles."""
+
+    model_name: str
+    onnx_path: Path
+    precision: str = "fp32"
+    inputs: tuple[tuple[str, InputShape], ...] = ()
+    external_data: tuple[Path, ...] = ()
+    workspace_mb: int = 4096
+    validate: bool = False
+    hardware_compatibility: str = "none"
+    version_compatible: bool = False
+
+    @property
+    def input_shapes(self) -> dict[str, InputShape]:
+        """The explicit input profiles by input name."""
+        return dict(self.inputs)
+
+    def build_settings(self, backend: str) -> dict[str, Any]:
+        """Every setting that can change the engine's bytes on ``backend`` (JSON-friendly)."""
+        settings: dict[str, Any] = {
+            "precision": self.precision,
+            "inputs": {name: shape.as_dict() for name, shape in sorted(self.inputs)},
+        }
+        if backend == "tensorrt":
+            settings["workspace_mb"] = self.workspace_mb
+            settings["hardware_compatibility"] = self.hardware_compatibility
+            settings["version_compatible"] = self.version_compatible
+        return settings
+
+    @property
+    def source_files(self) -> tuple[Path, ...]:
+        """The ONNX file and its external data files (the ``file_dep`` of its task)."""
+        return (self.onnx_path, *self.external_data)
+
+
+@dataclass(frozen=True)
+class EngineCompileRequest:
+    """What to compile, where to cache it, and for which host."""
+
+    backbones: tuple[BackboneSpec, ...]
+    cache_dir: Path
+    host: HostCapabilities
+    workspace_mb: int | None = None  # when set, overrides every backbone's workspace
+
+    def resolved_backbones(self) -> tuple[BackboneSpec, ...]:
+        """The backbones with the request-wide workspace applied."""
+        if self.workspace_mb is None:
+            return tuple(self.backbones)
+        return tuple(replace(spec, workspace_mb=self.workspace_mb) for spec in self.backbones)
+
+
+@dataclass(frozen=True)
+class EngineCompileResult:
+    """The outcome for one backbone, with the engine it ended with."""
+
+    entry: EngineCacheEntry
+    outcome: CompileOutcome
+    compile_duration_s: float | None
+    miss_reasons: tuple[str, ...] = ()
+    source: str = "local"
+
+    @property
+    def model_name(self) -> str:
+        """The backbone's name."""
+        return self.entry.model_name
+
+
+@dataclass(frozen=True)
+class EngineCompileSummary:
+    """All results in corpus order, with counts."""
+
+    results: tuple[EngineCompileResult, ...] = field(default_factory=tuple)
+
+    def __iter__(self) -> Iterator[EngineCompileResult]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    @property
+    def built(self) -> int:
+        """How many backbones were compiled."""
+        return sum(r.outcome is CompileOutcome.BUILT for r in self.results)
+
+    @property
+    def reused(self) -> int:
+        """How many backbones reused a cached engine."""
+        return sum(r.outcome is CompileOutcome.REUSED for r in self.results)
+
+    def by_name(self) -> dict[str, EngineCompileResult]:
+        """Results keyed by model name."""
+        return {r.model_name: r for r in self.results}
+
+
+def expected_build_inputs(spec: BackboneSpec, host: HostCapabilities) -> BuildInputs:
+    """Today's reuse key for ``spec`` on ``host`` (hashes the ONNX and its external data)."""
+    identity = host.identity(
+        hardware_compatibility=spec.hardware_compatibility,
+        version_compatible=spec.version_compatible,
+    )
+    try:
+        digest = onnx_digest(spec.onnx_path, spec.external_data)
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"backbone {spec.model_name}: ONNX input {exc.filename or spec.onnx_path} disappeared; "
+            "restore it or fix the 'onnx' path"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"backbone {spec.model_name}: cannot read {exc.filename or spec.onnx_path} ({exc.strerror or exc})"
+        ) from None
+    return BuildInputs(
+        onnx_sha256=digest,
+        build_settings=spec.build_settings(host.backend),
+        host=identity.as_dict(),
+        backend=host.backend,
+        backend_version=host.backend_version,
+    )
+
+
+class _Heartbeat:
+    """Logs 'still building' with the current phase every ``interval_s`` while a build runs."""
+
+    def __init__(self, model_name: str, interval_s: float) -> None:
+        self.model_name = model_name
+        self.interval_s = interval_s
+        self.phase = "starting"
+        self.detail = ""
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{model_name}", daemon=True)
+
+    def update(self, phase: str, detail: str = "") -> None:
+        self.phase, self.detail = phase, detail
+
+    def __enter__(self) -> "_Heartbeat":
+        if self.interval_s > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            elapsed = time.monotonic() - self.started
+            detail = f" ({self.detail})" if self.detail else ""
+            log.info(
+                "building %s: %s%s, %.0f s elapsed",
+                self.model_name, self.phase, detail, elapsed,
+                extra={"event": "heartbeat", "model_name": self.model_name, "phase": self.phase,
+                       "elapsed_s": round(elapsed, 1)},
+            )
+
+
+class EngineCompiler:
+    """Walks a corpus and, per backbone, reuses or compiles its engine."""
+
+    def __init__(self, backend: CompileEngineCallable, *, heartbeat_s: float = 5.0) -> None:
+        self._backend = backend
+        self._heartbeat_s = heartbeat_s
+
+    def compile_engines_for_corpus(self, request: EngineCompileRequest) -> EngineCompileSummary:
+        """Reuse or build every backbone of ``request``; the first failure propagates."""
+        ensure_cache_dir(request.cache_dir)
+        results = [self._compile_one(spec, request) for spec in request.resolved_backbones()]
+        return EngineCompileSummary(tuple(results))
+
+    def _compile_one(self, spec: BackboneSpec, request: EngineCompileRequest) -> EngineCompileResult:
+        host = request.host
+        engine_path = request.cache_dir / EngineFilenameSchema.build(spec, host)
+        expected = expected_build_inputs(spec, host)
+        host_key = host.identity(
+            hardware_compatibility=spec.hardware_compatibility, version_compatible=spec.version_compatible
+        ).host_key
+        check = check_entry(engine_path, spec.model_name, expected)
+        if check.hit:
+            return self._finish(request, host_key, EngineCompileResult(check.entry, CompileOutcome.REUSED, None))
+        with engine_lock(engine_path):
+            check = check_entry(engine_path, spec.model_name, expected)  # another process may have built it
+            if check.hit:
+                return self._finish(request, host_key, EngineCompileResult(check.entry, CompileOutcome.REUSED, None))
+            log.info(
+                "miss %s: %s", spec.model_name, "; ".join(check.reasons),
+                extra={"event": "miss", "model_name": spec.model_name, "reasons": list(check.reasons)},
+            )
+            entry, duration = self._build(spec, host, engine_path, expected, request, host_key)
+        result = EngineCompileResult(entry, CompileOutcome.BUILT, duration, check.reasons)
+        return self._finish(request, host_key, result)
+
+    def _build(
+        self,
+        spec: BackboneSpec,
+        host: HostCapabilities,
+        engine_path: Path,
+        expected: BuildInputs,
+        request: EngineCompileRequest,
+        host_key: str,
+    ) -> tuple[EngineCacheEntry, float]:
+        scratch = Path(
+            tempfile.mkdtemp(prefix=f".{engine_path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=request.cache_dir)
+        )
+        started = time.monotonic()
+        published: dict[str, Any] = {}
+
+        def publish(payload: Payload, notes: Mapping[str, Any]) -> None:
+            duration = time.monotonic() - started
+
+            def write_manifest_step(sha256: str, size: int) -> None:
+                document = make_manifest(
+                    model_name=spec.model_name, engine_path=engine_path, sha256=sha256, size=size,
+                    inputs=expected, onnx_path=spec.onnx_path, compile_duration_s=round(duration, 3),
+                    notes=notes,
+                )
+                write_manifest(engine_path, document)
+                published["manifest"] = document
+
+            sha256, size = Sha256Sidecar.write_atomic_and_sidecar(engine_path, payload, before_commit=write_manifest_step)
+            published.update(sha256=sha256, size=size, duration=duration)
+
+        try:
+            with _Heartbeat(spec.model_name, self._heartbeat_s) as heartbeat:
+                output = EngineOutput(engine_path, scratch, publish, heartbeat.update)
+                self._backend.compile_engine(spec, host, output)
+            if not output.written:
+                raise BackendError(
+                    f"backbone {spec.model_name}: the backend returned without writing an engine"
+                )
+        except BaseException as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.error(
+                "FAILED %s: %s", spec.model_name, reason,
+                extra={"event": "result", "model_name": spec.model_name, "outcome": "FAILED",
+                       "error_class": type(exc).__name__},
+            )
+            append_event(request.cache_dir, _event(spec.model_name, "FAILED", engine_path.name, None,
+                                                   type(exc).__name__, host_key, reason=reason))
+            raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        manifest = published["manifest"]
+        entry = EngineCacheEntry(
+            model_name=spec.model_name, path=engine_path, sha256=published["sha256"], size=published["size"],
+            inputs=manifest["inputs"], manifest=manifest,
+        )
+        return entry, published["duration"]
+
+    def _finish(self, request: EngineCompileRequest, host_key: str, result: EngineCompileResult) -> EngineCompileResult:
+        duration = "" if result.compile_duration_s is None else f"{result.compile_duration_s:.1f} s  "
+        log.info(
+            "%-6s %s  %s%s", result.outcome.value, result.model_name, duration, result.entry.file_name,
+            extra={"event": "result", "model_name": result.model_name, "outcome": result.outcome.value,
+                   "engine": result.entry.file_name, "compile_duration_s": result.compile_duration_s},
+        )
+        append_event(
+            request.cache_dir,
+            _event(result.model_name, result.outcome.value, result.entry.file_name, result.compile_duration_s,
+                   None, host_key, source=result.source, miss_reasons=list(result.miss_reasons)),
+        )
+        return result
+
+
+def _event(model_name: str, outcome: str, engine: str, duration: float | None, error_class: str | None,
+           host_key: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
+        "model_name": model_name,
+        "outcome": outcome,
+        "engine": engine,
+        "compile_duration_s": None if duration is None else round(duration, 3),
+        "error_class": error_class,
+        "host_key": host_key,
+        "pid": os.getpid(),
+        **extra,
+    }

@@ -1,0 +1,351 @@
+"""The corpus configuration: YAML in, frozen and validated dataclasses out.
+
+Everything a user can get wrong is caught here (or, for facts only the ONNX file knows,
+in :mod:`provisioning.compose`) before anything is built or written, and reported as one
+line naming the file, the backbone and the field.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+SUPPORTED_PRECISIONS = {
+    "onnxruntime": ("fp32", "int8"),
+    "tensorrt": ("fp32", "fp16", "bf16", "int8"),
+}
+HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
+VERIFY_MODES = ("full", "stat")
+DEFAULT_WORKSPACE_MB = 4096
+MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+MAX_DIM = 2**31 - 1
+MAX_ELEMENTS = 2**34
+
+_TOP_KEYS = ("cache_dir", "backend", "workspace_mb", "verify", "backbones", "remote")
+_BACKBONE_KEYS = (
+    "model_name",
+    "onnx",
+    "precision",
+    "inputs",
+    "validate",
+    "hardware_compatibility",
+    "version_compatible",
+)
+
+
+@dataclass(frozen=True)
+class InputShape:
+    """One input's optimisation profile; a fixed shape has min == opt == max."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    @property
+    def is_static(self) -> bool:
+        """True when the profile admits exactly one shape."""
+        return self.min == self.opt == self.max
+
+    def as_dict(self) -> dict[str, list[int]]:
+        """A JSON-friendly form, used in manifests and settings digests."""
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """One backbone as the user wrote it, validated (paths already absolute)."""
+
+    model_name: str
+    onnx: Path
+    precision: str = "fp32"
+    inputs: Mapping[str, InputShape] = field(default_factory=dict)
+    validate: bool = False
+    hardware_compatibility: str = "none"
+    version_compatible: bool = False
+
+
+@dataclass(frozen=True)
+class ProvisioningConfig:
+    """The whole corpus configuration, validated."""
+
+    config_path: Path
+    cache_dir: Path
+    backend: str
+    workspace_mb: int
+    verify: str
+    backbones: tuple[BackboneConfig, ...]
+    remote: Mapping[str, Any] | None = None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses duplicate mapping keys instead of keeping the last."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+        except TypeError:
+            duplicate = False
+        if duplicate:
+            line = key_node.start_mark.line + 1
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {line})", key_node.start_mark
+            )
+        seen[key] = True
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
+)
+
+
+class _Where:
+    """Builds the 'file: backbone: field' prefix of an error message."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def error(self, message: str, *, backbone: str | None = None, key: str | None = None) -> ConfigError:
+        parts = [str(self.path)]
+        if backbone is not None:
+            parts.append(f"backbone {backbone}")
+        if key is not None:
+            parts.append(f"field '{key}'")
+        return ConfigError(": ".join(parts) + ": " + " ".join(message.split()))
+
+
+def load_config(path: str | os.PathLike[str]) -> ProvisioningConfig:
+    """Read and validate a corpus YAML file; raises :class:`ConfigError` with one line."""
+    config_path = Path(os.path.abspath(os.fspath(path)))
+    where = _Where(config_path)
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise where.error("config file not found; pass config=PATH or set PROVISIONING_CONFIG") from None
+    except IsADirectoryError:
+        raise where.error("is a folder, not a YAML file") from None
+    except UnicodeDecodeError:
+        raise where.error("is not UTF-8 text; save the config as UTF-8 YAML") from None
+    except OSError as exc:
+        raise where.error(f"cannot read the config ({exc.strerror}); check its permissions") from None
+    if "\x00" in text:
+        raise where.error("contains a NUL byte; the config must be plain YAML text")
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise where.error(f"invalid YAML{at}: {problem}") from None
+    return parse_config(data, config_path)
+
+
+def parse_config(data: Any, config_path: Path) -> ProvisioningConfig:
+    """Validate an already-parsed YAML document (``config_path`` anchors relative paths)."""
+    where = _Where(config_path)
+    if not isinstance(data, dict):
+        raise where.error("the top level must be a mapping with a 'backbones' list")
+    unknown = sorted(str(k) for k in data if k not in _TOP_KEYS)
+    if unknown:
+        raise where.error(f"unknown key(s) {', '.join(unknown)}; allowed keys are {', '.join(_TOP_KEYS)}")
+    base = config_path.parent
+
+    cache_dir = _path_field(data.get("cache_dir", "build/engines"), base, where, key="cache_dir")
+    backend = _choice(data.get("backend", "auto"), BACKENDS, where, key="backend")
+    workspace_mb = _int_field(data.get("workspace_mb", DEFAULT_WORKSPACE_MB), where, key="workspace_mb")
+    verify = _choice(data.get("verify", "full"), VERIFY_MODES, where, key="verify")
+    remote = data.get("remote")
+    if remote is not None and not isinstance(remote, dict):
+        raise where.error("must be a mapping (url, mode, ...)", key="remote")
+
+    raw_backbones = data.get("backbones")
+    if raw_backbones is None:
+        raise where.error("missing; list at least one backbone (model_name, onnx)", key="backbones")
+    if not isinstance(raw_backbones, list) or not raw_backbones:
+        raise where.error("must be a non-empty list of backbones", key="backbones")
+    backbones = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(raw_backbones):
+        backbone = _parse_backbone(raw, index, base, where, backend)
+        folded = backbone.model_name.lower()
+        if folded in seen:
+            raise where.error(
+                f"duplicate model_name (also backbones[{seen[folded]}]; names are compared "
+                "case-insensitively because some file systems are); rename one of them",
+                backbone=backbone.model_name,
+                key="model_name",
+            )
+        seen[folded] = index
+        backbones.append(backbone)
+    return ProvisioningConfig(
+        config_path=config_path,
+        cache_dir=cache_dir,
+        backend=backend,
+        workspace_mb=workspace_mb,
+        verify=verify,
+        backbones=tuple(backbones),
+        remote=remote,
+    )
+
+
+def _parse_backbone(raw: Any, index: int, base: Path, where: _Where, backend: str) -> BackboneConfig:
+    label = f"backbones[{index}]"
+    if not isinstance(raw, dict):
+        raise where.error("must be a mapping with model_name and onnx", backbone=label)
+    name = raw.get("model_name")
+    if name is None:
+        raise where.error("missing", backbone=label, key="model_name")
+    if not isinstance(name, str) or not MODEL_NAME_RE.fullmatch(name):
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+        raise where.error(
+            f"invalid name {shown}: use 1-64 letters, digits, '_' or '-', starting with a "
+            "letter or digit (it becomes part of a file name in the cache)",
+            backbone=label,
+            key="model_name",
+        )
+    unknown = sorted(str(k) for k in raw if k not in _BACKBONE_KEYS)
+    if unknown:
+        raise where.error(
+            f"unknown key(s) {', '.join(unknown)}; allowed keys are {', '.join(_BACKBONE_KEYS)}",
+            backbone=name,
+        )
+    if "onnx" not in raw:
+        raise where.error("missing; give the path of the ONNX file", backbone=name, key="onnx")
+    onnx = _path_field(raw["onnx"], base, where, backbone=name, key="onnx")
+    precision = _choice(raw.get("precision", "fp32"), PRECISIONS, where, backbone=name, key="precision")
+    if backend in SUPPORTED_PRECISIONS and precision not in SUPPORTED_PRECISIONS[backend]:
+        raise unsupported_precision(where.path, name, precision, backend)
+    inputs = _parse_inputs(raw.get("inputs", {}), where, name)
+    validate = _bool_field(raw.get("validate", False), where, name, "validate")
+    hwc = _choice(
+        raw.get("hardware_compatibility", "none"), HARDWARE_COMPATIBILITY, where, backbone=name,
+        key="hardware_compatibility",
+    )
+    version_compatible = _bool_field(raw.get("version_compatible", False), where, name, "version_compatible")
+    return BackboneConfig(
+        model_name=name,
+        onnx=onnx,
+        precision=precision,
+        inputs=inputs,
+        validate=validate,
+        hardware_compatibility=hwc,
+        version_compatible=version_compatible,
+    )
+
+
+def unsupported_precision(config_path: Path, name: str, precision: str, backend: str) -> ConfigError:
+    """The error for a precision the chosen backend cannot build."""
+    allowed = ", ".join(SUPPORTED_PRECISIONS[backend])
+    return _Where(config_path).error(
+        f"{precision} is not supported by the {backend} backend (it builds {allowed}); "
+        "choose one of those or another backend",
+        backbone=name,
+        key="precision",
+    )
+
+
+def _parse_inputs(raw: Any, where: _Where, name: str) -> dict[str, InputShape]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise where.error("must map input names to shapes", backbone=name, key="inputs")
+    shapes: dict[str, InputShape] = {}
+    for input_name, spec in raw.items():
+        key = f"inputs.{input_name}"
+        if not isinstance(input_name, str) or not input_name or "\x00" in input_name:
+            raise where.error("input names must be non-empty strings", backbone=name, key="inputs")
+        if isinstance(spec, list):
+            dims = _dims(spec, where, name, key)
+            shapes[input_name] = InputShape(dims, dims, dims)
+            continue
+        if not isinstance(spec, dict):
+            raise where.error(
+                "must be a shape like [1, 3, 224, 224] or {min: [...], opt: [...], max: [...]}",
+                backbone=name, key=key,
+            )
+        extra = sorted(str(k) for k in spec if k not in ("min", "opt", "max"))
+        missing = [k for k in ("min", "opt", "max") if k not in spec]
+        if extra or missing:
+            raise where.error(
+                "a profile needs exactly min, opt and max"
+                + (f" (missing {', '.join(missing)})" if missing else "")
+                + (f" (unknown {', '.join(extra)})" if extra else ""),
+                backbone=name, key=key,
+            )
+        lo, opt, hi = (_dims(spec[k], where, name, f"{key}.{k}") for k in ("min", "opt", "max"))
+        if not len(lo) == len(opt) == len(hi):
+            raise where.error(
+                f"min, opt and max have different ranks ({len(lo)}, {len(opt)}, {len(hi)})",
+                backbone=name, key=key,
+            )
+        for axis, (a, b, c) in enumerate(zip(lo, opt, hi)):
+            if not a <= b <= c:
+                raise where.error(
+                    f"axis {axis} is out of order (min {a}, opt {b}, max {c}); need min <= opt <= max",
+                    backbone=name, key=key,
+                )
+        shapes[input_name] = InputShape(lo, opt, hi)
+    return shapes
+
+
+def _dims(raw: Any, where: _Where, name: str, key: str) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise where.error("must be a non-empty list of positive integers", backbone=name, key=key)
+    for dim in raw:
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise where.error(f"dimension {dim!r} is not an integer", backbone=name, key=key)
+        if dim <= 0:
+            raise where.error(f"dimension {dim} must be positive", backbone=name, key=key)
+        if dim > MAX_DIM:
+            raise where.error(f"dimension {dim} is larger than {MAX_DIM}", backbone=name, key=key)
+    if math.prod(raw) > MAX_ELEMENTS:
+        raise where.error(
+            f"shape {raw} has {math.prod(raw)} elements, more than any engine can take ({MAX_ELEMENTS})",
+            backbone=name, key=key,
+        )
+    return tuple(raw)
+
+
+def _choice(raw: Any, allowed: tuple[str, ...], where: _Where, *, backbone: str | None = None, key: str) -> str:
+    if not isinstance(raw, str) or raw not in allowed:
+        raise where.error(f"unknown value {raw!r}; use one of {', '.join(allowed)}", backbone=backbone, key=key)
+    return raw
+
+
+def _int_field(raw: Any, where: _Where, *, key: str) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise where.error(f"must be a whole number of MiB, got {raw!r}", key=key)
+    if raw <= 0:
+        raise where.error(f"must be positive, got {raw}", key=key)
+    if raw > 2**30:
+        raise where.error(f"{raw} MiB is larger than any GPU memory", key=key)
+    return raw
+
+
+def _bool_field(raw: Any, where: _Where, name: str, key: str) -> bool:
+    if not isinstance(raw, bool):
+        raise where.error(f"must be true or false, got {raw!r}", backbone=name, key=key)
+    return raw
+
+
+def _path_field(raw: Any, base: Path, where: _Where, *, backbone: str | None = None, key: str) -> Path:
+    if not isinstance(raw, str) or not raw.strip():
+        raise where.error(f"must be a non-empty path string, got {raw!r}", backbone=backbone, key=key)
+    if "\x00" in raw:
+        raise where.error("contains a NUL byte", backbone=backbone, key=key)
+    expanded = os.path.expanduser(raw)
+    return Path(os.path.normpath(os.path.join(base, expanded)))

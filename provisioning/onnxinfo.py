@@ -1,0 +1,133 @@
+"""What the compiler needs to know about an ONNX file, read without running it.
+
+The graph's real inputs (initialisers excluded) with their dims, and the external data
+files the weights live in: those are build inputs too, so they go into ``file_dep`` and
+into the digest that decides reuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+from .sidecar import hash_file
+
+Dim = int | str | None  # a fixed size, a symbolic name, or unknown
+
+
+@dataclass(frozen=True)
+class OnnxInput:
+    """One graph input: its name, element type name and dims."""
+
+    name: str
+    elem_type: str
+    dims: tuple[Dim, ...]
+
+    @property
+    def is_static(self) -> bool:
+        """True when every dim is a fixed positive size."""
+        return all(isinstance(d, int) and d > 0 for d in self.dims)
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    """The facts about one ONNX file that configuration checks and caching rely on."""
+
+    path: Path
+    inputs: tuple[OnnxInput, ...]
+    external_data: tuple[Path, ...]
+
+    def input(self, name: str) -> OnnxInput | None:
+        """The graph input with this name, or None."""
+        return next((i for i in self.inputs if i.name == name), None)
+
+
+def inspect_onnx(path: Path, *, where: str = "") -> OnnxInfo:
+    """Parse the model's structure (not its external weights); ConfigError if it is not ONNX."""
+    prefix = f"{where}: " if where else ""
+    try:
+        import onnx  # heavy; only needed when a spec is built
+        from google.protobuf.message import DecodeError
+    except ImportError as exc:  # pragma: no cover - onnx is a hard dependency
+        raise ConfigError(f"{prefix}the 'onnx' package is missing ({exc}); reinstall provisioning") from None
+    if not path.exists():
+        raise ConfigError(f"{prefix}ONNX file {path} not found; fix the 'onnx' path in the config")
+    if not path.is_file():
+        raise ConfigError(f"{prefix}{path} is not a regular file; point 'onnx' at a .onnx file")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{prefix}ONNX file {path} is not readable; check its permissions")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"{prefix}ONNX file {path} is empty; re-export the model")
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, TypeError, UnicodeDecodeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{prefix}{path} is not a valid ONNX model ({reason}); re-export it") from None
+    except OSError as exc:
+        raise ConfigError(f"{prefix}cannot read ONNX file {path} ({exc.strerror})") from None
+    graph = model.graph
+    if not graph.node and not graph.output:
+        raise ConfigError(f"{prefix}{path} holds no ONNX graph (no nodes, no outputs); is it an ONNX model?")
+    initialisers = {t.name for t in graph.initializer}
+    inputs = []
+    for value in graph.input:
+        if value.name in initialisers:
+            continue
+        tensor_type = value.type.tensor_type
+        dims: list[Dim] = []
+        for d in tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        elem = onnx.TensorProto.DataType.Name(tensor_type.elem_type) if tensor_type.elem_type else "UNDEFINED"
+        inputs.append(OnnxInput(value.name, elem, tuple(dims)))
+    external = _external_data_files(model, path, prefix)
+    return OnnxInfo(path=path, inputs=tuple(inputs), external_data=external)
+
+
+def _external_data_files(model, path: Path, prefix: str) -> tuple[Path, ...]:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    base = path.parent.resolve()
+    files: dict[str, Path] = {}
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+        if not location:
+            raise ConfigError(f"{prefix}{path}: tensor {tensor.name!r} uses external data without a location")
+        candidate = (base / location).resolve()
+        if os.path.isabs(location) or base not in candidate.parents:
+            raise ConfigError(
+                f"{prefix}{path}: external data location {location!r} of tensor {tensor.name!r} "
+                "points outside the model's folder; refusing to read it"
+            )
+        if not candidate.is_file():
+            raise ConfigError(
+                f"{prefix}{path}: external data file {location!r} (tensor {tensor.name!r}) is missing; "
+                "copy it next to the model"
+            )
+        files.setdefault(location, path.parent / location)
+    return tuple(files[k] for k in sorted(files))
+
+
+def onnx_digest(path: Path, external_data: tuple[Path, ...] = ()) -> str:
+    """SHA-256 over the model file and its external data files (names and bytes).
+
+    A model without external data gets exactly the file's own SHA-256, so
+    ``sha256sum model.onnx`` shows the same value.
+    """
+    model_digest = hash_file(path)
+    if not external_data:
+        return model_digest
+    combined = hashlib.sha256(model_digest.encode())
+    for extra in external_data:
+        combined.update(b"\0" + os.path.relpath(extra, path.parent).encode() + b"\0")
+        combined.update(hash_file(extra).encode())
+    return combined.hexdigest()

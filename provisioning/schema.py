@@ -1,0 +1,114 @@
+"""EngineFilenameSchema: the canonical, hardware-tied file name of an engine.
+
+``<model>.<precision>.<backend>-<version>.<host key>.<settings digest>.engine``, e.g.
+``det.fp16.trt-10.16.1.sm90-h200.3f2a9c1b.engine`` or
+``det.fp32.ort-1.23.2.x86_64-avx512-1a2b3c.0c4e7d21.engine``.
+
+Only the version may contain dots, so :meth:`EngineFilenameSchema.parse` splits from both
+ends and round-trips :meth:`EngineFilenameSchema.build`. A change of host, builder
+version or build setting gives another name: the old files are left untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .compiler import BackboneSpec
+    from .host import HostCapabilities
+
+ENGINE_SUFFIX = ".engine"
+MAX_NAME_BYTES = 200  # leaves room for temporary, sidecar and manifest suffixes under 255
+_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_]{0,39}(-vc)?")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_HOST_KEY_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_DIGEST_RE = re.compile(r"[0-9a-f]{8}")
+
+
+def settings_digest(settings: Mapping[str, Any]) -> str:
+    """Eight hex digits over the canonical JSON of the build settings."""
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class ParsedEngineName:
+    """The fields recovered from a canonical engine file name."""
+
+    model_name: str
+    precision: str
+    backend_tag: str
+    version_tag: str
+    host_key: str
+    settings_digest: str
+
+
+class EngineFilenameSchema:
+    """Builds and parses canonical engine file names."""
+
+    suffix = ENGINE_SUFFIX
+
+    @staticmethod
+    def build(spec: "BackboneSpec", host: "HostCapabilities") -> str:
+        """The canonical file name of ``spec`` built on ``host``."""
+        identity = host.identity(
+            hardware_compatibility=spec.hardware_compatibility,
+            version_compatible=spec.version_compatible,
+        )
+        return EngineFilenameSchema.compose(
+            ParsedEngineName(
+                model_name=spec.model_name,
+                precision=spec.precision,
+                backend_tag=identity.backend_tag,
+                version_tag=identity.version_tag,
+                host_key=identity.host_key,
+                settings_digest=settings_digest(spec.build_settings(host.backend)),
+            )
+        )
+
+    @staticmethod
+    def compose(fields: ParsedEngineName) -> str:
+        """Join already-computed fields into a name; ValueError if a field cannot round-trip."""
+        version = re.sub(r"[^A-Za-z0-9.+_-]", "_", fields.version_tag)
+        checks = (
+            (_TOKEN_RE, fields.model_name, "model name"),
+            (_TOKEN_RE, fields.precision, "precision"),
+            (_TOKEN_RE, fields.backend_tag, "backend tag"),
+            (_VERSION_RE, version, "version"),
+            (_HOST_KEY_RE, fields.host_key, "host key"),
+            (_DIGEST_RE, fields.settings_digest, "settings digest"),
+        )
+        for pattern, value, label in checks:
+            if not pattern.fullmatch(value) or (label != "model name" and label != "version" and "." in value):
+                raise ValueError(f"{label} {value!r} cannot be part of an engine file name")
+        if "-" in fields.backend_tag:
+            raise ValueError(f"backend tag {fields.backend_tag!r} must not contain '-'")
+        name = (
+            f"{fields.model_name}.{fields.precision}.{fields.backend_tag}-{version}."
+            f"{fields.host_key}.{fields.settings_digest}{ENGINE_SUFFIX}"
+        )
+        if len(name.encode()) > MAX_NAME_BYTES:
+            raise ValueError(f"engine file name would be {len(name.encode())} bytes, over {MAX_NAME_BYTES}")
+        return name
+
+    @staticmethod
+    def parse(name: str) -> ParsedEngineName:
+        """Recover the fields of a canonical name; ValueError for any other name."""
+        if not name.endswith(ENGINE_SUFFIX):
+            raise ValueError(f"{name!r} is not an engine file name (no {ENGINE_SUFFIX} suffix)")
+        parts = name[: -len(ENGINE_SUFFIX)].split(".")
+        if len(parts) < 5:
+            raise ValueError(f"{name!r} has too few fields for an engine file name")
+        model, precision, host_key, digest = parts[0], parts[1], parts[-2], parts[-1]
+        backend_version = ".".join(parts[2:-2])
+        backend_tag, sep, version = backend_version.partition("-")
+        if not sep:
+            raise ValueError(f"{name!r} has no '<backend>-<version>' field")
+        parsed = ParsedEngineName(model, precision, backend_tag, version, host_key, digest)
+        if EngineFilenameSchema.compose(parsed) != name:
+            raise ValueError(f"{name!r} is not a canonical engine file name")
+        return parsed

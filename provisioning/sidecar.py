@@ -1,0 +1,280 @@
+"""SHA-256 sidecars and the atomic publish protocol for one file.
+
+A published engine is ``NAME`` plus ``NAME.sha256`` in ``sha256sum`` format, so
+``sha256sum -c NAME.sha256`` works from the cache folder. The engine is written to a
+process-unique temporary file in the same folder, fsynced and renamed into place; an
+optional ``before_commit`` step (the manifest) follows; the sidecar is written last, the
+same way, and is the commit point. A file without a sidecar that matches it is absent.
+No path here is ever followed through a symlink.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Union
+
+CHUNK_BYTES = 4 * 1024 * 1024  # large reads: hashing runs at the CPU's SHA speed
+TEMP_SUFFIX = ".incomplete"
+SIDECAR_SUFFIX = ".sha256"
+_SIDECAR_RE = re.compile(r"([0-9a-f]{64}) [ *](.+)\n?")
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+Payload = Union[bytes, bytearray, memoryview, Path]
+
+
+def hash_fd(fd: int) -> tuple[str, int]:
+    """SHA-256 and length of everything readable from ``fd`` (streamed, no whole-file read)."""
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK_BYTES)
+    view = memoryview(buffer)
+    total = 0
+    while True:
+        n = os.readv(fd, [buffer])
+        if not n:
+            break
+        digest.update(view[:n])
+        total += n
+    return digest.hexdigest(), total
+
+
+def hash_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex digest of a regular file, refusing symlinks."""
+    fd = open_nofollow(path)
+    try:
+        return hash_fd(fd)[0]
+    finally:
+        os.close(fd)
+
+
+def open_nofollow(path: str | os.PathLike[str]) -> int:
+    """Open a regular file read-only without following a symlink at its last component."""
+    fd = os.open(os.fspath(path), os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(errno.EISDIR, "not a regular file", os.fspath(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def temp_path_for(dest: Path) -> Path:
+    """A process-unique temporary name beside ``dest``; recognisable by its suffix."""
+    return dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
+def is_temp_name(name: str) -> bool:
+    """True for names made by :func:`temp_path_for` (leftovers of an interrupted write)."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def temp_owner_pid(name: str) -> int | None:
+    """The pid recorded in a temporary file's name, or None."""
+    parts = name[: -len(TEMP_SUFFIX)].rsplit(".", 2)
+    try:
+        return int(parts[-2])
+    except (IndexError, ValueError):
+        return None
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def write_temp(dest: Path, payload: Payload) -> tuple[Path, str, int]:
+    """Write ``payload`` to a fresh temporary file beside ``dest``, fsynced.
+
+    Returns the temporary path, the SHA-256 and the size. On any failure the temporary
+    file is removed and the error propagates.
+    """
+    tmp = temp_path_for(dest)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o644)
+    try:
+        digest = hashlib.sha256()
+        size = 0
+        if isinstance(payload, Path):
+            src = open_nofollow(payload)
+            try:
+                buffer = bytearray(CHUNK_BYTES)
+                view = memoryview(buffer)
+                while True:
+                    n = os.readv(src, [buffer])
+                    if not n:
+                        break
+                    digest.update(view[:n])
+                    _write_all(fd, view[:n])
+                    size += n
+            finally:
+                os.close(src)
+        else:
+            view = memoryview(payload).cast("B")
+            for start in range(0, len(view), CHUNK_BYTES):
+                chunk = view[start : start + CHUNK_BYTES]
+                digest.update(chunk)
+                _write_all(fd, chunk)
+            size = len(view)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    return tmp, digest.hexdigest(), size
+
+
+def atomic_write_bytes(dest: Path, data: bytes) -> None:
+    """Replace ``dest`` atomically with ``data`` (temp file, fsync, rename)."""
+    tmp, _, _ = write_temp(dest, data)
+    try:
+        os.replace(tmp, dest)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+@dataclass(frozen=True)
+class SidecarRecord:
+    """The content of a sidecar: the digest and the file name it vouches for."""
+
+    sha256: str
+    file_name: str
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of checking one engine against its sidecar, with the reason on failure."""
+
+    ok: bool
+    reason: str
+    sha256: str | None = None
+    size: int | None = None
+
+
+class Sha256Sidecar:
+    """Writes engines with their ``.sha256`` sidecar atomically, and verifies them."""
+
+    suffix = SIDECAR_SUFFIX
+
+    @staticmethod
+    def path_for(engine_path: Path) -> Path:
+        """Where the sidecar of ``engine_path`` lives."""
+        return engine_path.with_name(engine_path.name + SIDECAR_SUFFIX)
+
+    @staticmethod
+    def format_line(sha256: str, file_name: str) -> str:
+        """One ``sha256sum`` text-mode line."""
+        return f"{sha256}  {file_name}\n"
+
+    @classmethod
+    def read(cls, engine_path: Path) -> SidecarRecord | None:
+        """The sidecar's record, or None when it is missing, malformed or a symlink."""
+        try:
+            fd = open_nofollow(cls.path_for(engine_path))
+        except OSError:
+            return None
+        try:
+            raw = os.read(fd, 4096)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        try:
+            match = _SIDECAR_RE.fullmatch(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
+        return SidecarRecord(match.group(1), match.group(2)) if match else None
+
+    @classmethod
+    def write_atomic_and_sidecar(
+        cls,
+        engine_path: Path,
+        payload: Payload,
+        *,
+        before_commit: Callable[[str, int], None] | None = None,
+    ) -> tuple[str, int]:
+        """Publish ``payload`` at ``engine_path``; return its SHA-256 and size.
+
+        Order: the old sidecar is withdrawn (the old engine is no longer valid from here),
+        the engine is written to a temporary file and renamed into place, then
+        ``before_commit(sha256, size)`` runs (it writes the manifest), then the sidecar is
+        written atomically: the commit point. A failure at any step leaves no sidecar that
+        matches a partial engine, and no temporary file.
+        """
+        engine_path = Path(engine_path)
+        tmp, sha256, size = write_temp(engine_path, payload)
+        try:
+            _unlink_quietly(cls.path_for(engine_path))
+            os.replace(tmp, engine_path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        if before_commit is not None:
+            before_commit(sha256, size)
+        atomic_write_bytes(cls.path_for(engine_path), cls.format_line(sha256, engine_path.name).encode())
+        fsync_dir(engine_path.parent)
+        return sha256, size
+
+    @classmethod
+    def check(cls, engine_path: Path) -> Verification:
+        """Verify ``engine_path`` against its sidecar, saying why when it does not verify."""
+        record = cls.read(engine_path)
+        sidecar = cls.path_for(engine_path)
+        if record is None:
+            if os.path.islink(sidecar):
+                return Verification(False, f"sidecar {sidecar.name} is a symlink; not followed")
+            if not os.path.lexists(sidecar):
+                return Verification(False, "sidecar missing")
+            return Verification(False, "sidecar malformed")
+        if record.file_name != engine_path.name:
+            return Verification(False, f"sidecar names another file ({record.file_name})")
+        try:
+            fd = open_nofollow(engine_path)
+        except FileNotFoundError:
+            return Verification(False, "engine missing")
+        except OSError as exc:
+            if os.path.islink(engine_path):
+                return Verification(False, "engine path is a symlink; not followed")
+            return Verification(False, f"engine unreadable ({exc.strerror or exc})")
+        try:
+            sha256, size = hash_fd(fd)
+        finally:
+            os.close(fd)
+        if sha256 != record.sha256:
+            return Verification(False, "engine bytes do not match the sidecar (corrupt or truncated)", sha256, size)
+        return Verification(True, "verified", sha256, size)
+
+    @classmethod
+    def verify(cls, engine_path: Path) -> bool:
+        """True when the engine exists, is a regular file and matches its sidecar."""
+        return cls.check(Path(engine_path)).ok
