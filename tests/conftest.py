@@ -1,0 +1,45 @@
+"""Shared fixtures: a private copy of the example corpus for each test."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = REPO / "corpus"
+PYTHON = sys.executable
+
+
+def write_corpus_yaml(folder: Path, backbones: list[dict], **top) -> Path:
+    """Write ``folder/corpus.yaml`` with these backbones (cache_dir defaults to ./cache)."""
+    document = {"cache_dir": "cache", "backend": "onnxruntime", **top, "backbones": backbones}
+    path = folder / "corpus.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+DEFAULT_BACKBONES = [
+    {"model_name": "det", "onnx": "models/det.onnx", "precision": "fp32"},
+    {"model_name": "cls", "onnx": "models/cls.onnx", "precision": "fp32",
+     "inputs": {"features": {"min": [1, 64], "opt": [8, 64], "max": [32, 64]}}},
+    {"model_name": "emb", "onnx": "models/emb.onnx", "precision": "int8"},
+]
+
+
+@pytest.fixture
+def corpus_dir(tmp_path: Path) -> Path:
+    """A copy of corpus/models with a corpus.yaml (backend onnxruntime, cache in ./cache)."""
+    folder = tmp_path / "corpus"
+    shutil.copytree(CORPUS / "models", folder / "models")
+    write_corpus_yaml(folder, [dict(b) for b in DEFAULT_BACKBONES])
+    return folder
+
+
+@pytest.fixture
+def corpus_yaml(corpus_dir: Path) -> Path:
+    """The corpus.yaml of :func:`corpus_dir`."""
+    return corpus_dir / "corpus.yaml"
