@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Protocol
 
 from .backends.base import CompileEngineCallable, EngineOutput
 from .cache import EngineCacheEntry, append_event, check_entry, engine_lock, ensure_cache_dir
@@ -37,6 +37,8 @@ __all__ = [
     "EngineCompileResult",
     "EngineCompileSummary",
     "EngineCompiler",
+    "RemoteEngineCache",
+    "RemoteFetch",
 ]
 
 
@@ -169,6 +171,26 @@ def expected_build_inputs(spec: BackboneSpec, host: HostCapabilities) -> BuildIn
     )
 
 
+@dataclass(frozen=True)
+class RemoteFetch:
+    """What a remote cache reports after publishing a fetched engine locally."""
+
+    bytes: int
+    seconds: float
+
+
+class RemoteEngineCache(Protocol):
+    """A second cache level behind the local folder (see :mod:`provisioning.remote`)."""
+
+    def fetch(self, engine_path: Path, model_name: str, expected: BuildInputs) -> RemoteFetch | None:
+        """On a local miss: download, verify and publish locally (atomic protocol); None when absent/unusable."""
+        ...
+
+    def publish(self, entry: EngineCacheEntry) -> None:
+        """After a local build: upload the entry; must never raise for remote failures."""
+        ...
+
+
 class _Heartbeat:
     """Logs 'still building' with the current phase every ``interval_s`` while a build runs."""
 
@@ -209,9 +231,16 @@ class _Heartbeat:
 class EngineCompiler:
     """Walks a corpus and, per backbone, reuses or compiles its engine."""
 
-    def __init__(self, backend: CompileEngineCallable, *, heartbeat_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        backend: CompileEngineCallable,
+        *,
+        heartbeat_s: float = 5.0,
+        remote: RemoteEngineCache | None = None,
+    ) -> None:
         self._backend = backend
         self._heartbeat_s = heartbeat_s
+        self._remote = remote
 
     def compile_engines_for_corpus(self, request: EngineCompileRequest) -> EngineCompileSummary:
         """Reuse or build every backbone of ``request``; the first failure propagates."""
@@ -237,7 +266,19 @@ class EngineCompiler:
                 "miss %s: %s", spec.model_name, "; ".join(check.reasons),
                 extra={"event": "miss", "model_name": spec.model_name, "reasons": list(check.reasons)},
             )
+            if self._remote is not None:
+                fetched = self._remote.fetch(engine_path, spec.model_name, expected)
+                if fetched is not None:
+                    remote_check = check_entry(engine_path, spec.model_name, expected)
+                    if remote_check.hit:
+                        result = EngineCompileResult(
+                            remote_check.entry, CompileOutcome.REUSED, None, check.reasons, source="remote"
+                        )
+                        return self._finish(request, host_key, result, fetch_bytes=fetched.bytes,
+                                            fetch_seconds=round(fetched.seconds, 3))
             entry, duration = self._build(spec, host, engine_path, expected, request, host_key)
+        if self._remote is not None:
+            self._remote.publish(entry)
         result = EngineCompileResult(entry, CompileOutcome.BUILT, duration, check.reasons)
         return self._finish(request, host_key, result)
 
@@ -298,7 +339,9 @@ class EngineCompiler:
         )
         return entry, published["duration"]
 
-    def _finish(self, request: EngineCompileRequest, host_key: str, result: EngineCompileResult) -> EngineCompileResult:
+    def _finish(
+        self, request: EngineCompileRequest, host_key: str, result: EngineCompileResult, **extra: Any
+    ) -> EngineCompileResult:
         duration = "" if result.compile_duration_s is None else f"{result.compile_duration_s:.1f} s  "
         log.info(
             "%-6s %s  %s%s", result.outcome.value, result.model_name, duration, result.entry.file_name,
@@ -308,7 +351,7 @@ class EngineCompiler:
         append_event(
             request.cache_dir,
             _event(result.model_name, result.outcome.value, result.entry.file_name, result.compile_duration_s,
-                   None, host_key, source=result.source, miss_reasons=list(result.miss_reasons)),
+                   None, host_key, source=result.source, miss_reasons=list(result.miss_reasons), **extra),
         )
         return result
 
