@@ -9,6 +9,8 @@ dynamic quantization first. onnxruntime is imported only here, and only when bui
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,10 +71,15 @@ class OnnxRuntimeBackend:
             from onnxruntime.quantization import QuantType, quantize_dynamic
         except ImportError as exc:  # pragma: no cover - part of the onnxruntime wheel
             raise BackendUnavailableError(f"onnxruntime.quantization is unavailable ({exc})") from None
+        root = logging.getLogger()
+        quiet = _QuantizerAdvice()
+        root.addFilter(quiet)
         try:
             quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
         except Exception as exc:
             raise BackendError(f"backbone {model_name}: int8 dynamic quantization failed: {_first_line(exc)}") from exc
+        finally:
+            root.removeFilter(quiet)
         return target
 
     @staticmethod
@@ -90,6 +97,15 @@ class OnnxRuntimeBackend:
         problems = compare_outputs(names, reference.run(names, feed), compiled.run(names, feed), "fp32")
         if problems:
             raise BackendError(f"backbone {spec.model_name}: validation failed: {'; '.join(problems)}")
+
+
+class _QuantizerAdvice(logging.Filter):
+    """Drops the quantizer's generic advice, logged on the root logger, from a build's output."""
+
+    _marker = os.sep + os.path.join("onnxruntime", "quantization") + os.sep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or self._marker not in record.pathname
 
 
 def _first_line(exc: BaseException) -> str:
