@@ -1,0 +1,183 @@
+"""doit command plugins: ``engines-status``, ``engines-gc`` and ``engines-key``.
+
+Registered under the ``doit.COMMAND`` entry-point group, so they work in any project
+where the package is installed, with or without a ``dodo.py``. The corpus is chosen as
+for the tasks: ``--config PATH``, ``config=PATH``, $PROVISIONING_CONFIG, corpus/corpus.yaml.
+
+Exit codes: 0 success (status: every backbone fresh); 1 status found something to build;
+otherwise the error's own code (2 bad config, 3 host probe, 4 backend missing, 5 cache
+folder unusable, 69 no GPU), always with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from doit.cmd_base import Command
+
+from ..errors import BackendUnavailableError, HostProbeError, NoGpuError, ProvisioningError
+from ..gc import parse_size, plan_gc, scan_cache
+from .corpus import config_path, load_config_only, load_corpus
+from .report import human_bytes
+from .status import backbone_statuses, cache_key, engine_file_names, render_status, status_totals
+
+USAGE_ERROR = 2
+
+opt_config = {
+    "name": "config", "short": "c", "long": "config", "type": str, "default": "",
+    "help": "corpus YAML [default: config=PATH, $PROVISIONING_CONFIG or corpus/corpus.yaml]",
+}
+opt_json = {"name": "json", "long": "json", "type": bool, "default": False, "help": "print JSON instead of text"}
+
+
+class _EnginesCommand(Command):
+    """Shared plumbing: option parsing, corpus loading, one-line errors with exit codes."""
+
+    def __init__(self, task_loader: Any = None, cmds: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+
+    def execute(self, params: Any, args: list[str]) -> int:
+        if args:
+            return _error(f"{self.name}: unexpected argument(s) {' '.join(args)}; see 'doit help {self.name}'",
+                          USAGE_ERROR)
+        try:
+            return self.run(dict(params))
+        except ProvisioningError as exc:
+            return _error(str(exc).splitlines()[0], exc.exit_code)
+
+    def run(self, params: dict[str, Any]) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class EnginesStatus(_EnginesCommand):
+    """``doit engines-status [--json]``."""
+
+    name = "engines-status"
+    doc_purpose = "show each backbone's engine: fresh, missing, stale (and why), corrupt, or foreign"
+    doc_usage = "[--json] [--config PATH]"
+    doc_description = "Exit code 0 when every backbone is fresh, 1 when something would be (re)built."
+    cmd_options = (opt_config, opt_json)
+
+    def run(self, params: dict[str, Any]) -> int:
+        path = config_path(params["config"] or None)
+        try:
+            corpus = load_corpus(path)
+        except (HostProbeError, NoGpuError, BackendUnavailableError) as exc:
+            return self._unprobed(path, exc, params["json"])
+        scan = scan_cache(corpus.cache_dir)
+        rows = backbone_statuses(corpus, scan)
+        totals = status_totals(corpus, scan, rows)
+        if params["json"]:
+            document = {
+                "config": str(path), "cache_dir": str(corpus.cache_dir), "backend": corpus.host.backend,
+                "backend_version": corpus.host.backend_version, "host_key": corpus.host.identity().host_key,
+                "backbones": [r.as_dict() for r in rows if r.state != "foreign"],
+                "foreign": [r.as_dict() for r in rows if r.state == "foreign"],
+                "totals": totals,
+            }
+            print(json.dumps(document, indent=2))
+        else:
+            print(render_status(corpus, rows, totals))
+        return 0 if totals["fresh"] == totals["backbones"] else 1
+
+    @staticmethod
+    def _unprobed(path: Any, exc: ProvisioningError, as_json: bool) -> int:
+        """Without a usable host (e.g. TensorRT config, no GPU) list what the cache holds."""
+        config = load_config_only(path)
+        scan = scan_cache(config.cache_dir)
+        reason = str(exc).splitlines()[0]
+        engines = [{"model_name": e.parsed.model_name, "state": "unverified", "size": e.size,
+                    "host_key": e.parsed.host_key, "path": str(e.path)} for e in scan.engines]
+        if as_json:
+            print(json.dumps({"config": str(path), "cache_dir": str(config.cache_dir), "error": reason,
+                              "engines": engines, "totals": {"cache_bytes": scan.total_bytes}}, indent=2))
+        else:
+            print(f"cache {config.cache_dir}: this host cannot be identified ({reason}); states unknown")
+            for e in engines:
+                print(f"  {e['model_name']}  {human_bytes(e['size'])}  {e['host_key']}  {e['path']}")
+            print(f"total: {len(engines)} engines, {human_bytes(scan.total_bytes)}")
+        return exc.exit_code
+
+
+class EnginesGc(_EnginesCommand):
+    """``doit engines-gc [--apply] [--max-size SIZE] [--keep-foreign] [--json]``."""
+
+    name = "engines-gc"
+    doc_purpose = "plan (and with --apply, do) the deletion of unusable engines and leftovers"
+    doc_usage = "[--apply] [--max-size SIZE] [--keep-foreign] [--json] [--config PATH]"
+    doc_description = ("Deletes engines of other hosts, superseded builds of this host, temporary files of dead "
+                       "processes and orphan sidecars/manifests; --max-size then evicts least recently used "
+                       "engines. Engines locked by a live process are never deleted. Without --apply nothing "
+                       "is touched.")
+    cmd_options = (
+        opt_config,
+        {"name": "apply", "long": "apply", "type": bool, "default": False, "help": "delete (default: only plan)"},
+        {"name": "max_size", "long": "max-size", "type": str, "default": "",
+         "help": "size budget for the cache, e.g. 500M or 20G (least recently used engines go first)"},
+        {"name": "keep_foreign", "long": "keep-foreign", "type": bool, "default": False,
+         "help": "keep other hosts' engines (a cache folder shared between hosts)"},
+        opt_json,
+    )
+
+    def run(self, params: dict[str, Any]) -> int:
+        max_size = None
+        if params["max_size"]:
+            try:
+                max_size = parse_size(params["max_size"])
+            except ValueError as exc:
+                return _error(f"engines-gc: --max-size: {exc}", USAGE_ERROR)
+        corpus = load_corpus(config_path(params["config"] or None))
+        plan = plan_gc(scan_cache(corpus.cache_dir), current=engine_file_names(corpus),
+                       host_keys={corpus.host_key(s) for s in corpus.specs},
+                       max_size=max_size, keep_foreign=params["keep_foreign"])
+        result = plan.execute() if params["apply"] else None
+        if params["json"]:
+            print(json.dumps({
+                "cache_dir": str(plan.cache_dir), "applied": result is not None,
+                "bytes_before": plan.bytes_before, "bytes_freed": plan.bytes_freed if result is None
+                else result.bytes_freed, "bytes_after": plan.bytes_after,
+                "items": [{"paths": [str(p) for p in i.paths], "size": i.size, "reason": i.reason}
+                          for i in plan.items],
+                "kept_locked": [str(e.path) for e in plan.kept_locked],
+                "skipped": list(result.skipped) if result else [], "notes": list(plan.notes),
+            }, indent=2))
+            return 0
+        mode = "deleting" if result is not None else "dry run, add --apply to delete"
+        print(f"engines-gc: {plan.cache_dir} ({mode})")
+        for item in plan.items:
+            print(f"  {human_bytes(item.size):>10}  {item.paths[0].name if item.engine is None else item.engine.path.name}"
+                  f"  {item.reason}")
+        for engine in plan.kept_locked:
+            print(f"  {'kept':>10}  {engine.path.name}  locked by a live process")
+        for note in plan.notes + (result.skipped if result else ()):
+            print(f"  note: {note}")
+        verb = "freed" if result is not None else "would free"
+        freed = result.bytes_freed if result is not None else plan.bytes_freed
+        print(f"{verb} {human_bytes(freed)} in {len(plan.items)} item(s); cache {human_bytes(plan.bytes_before)}"
+              f" -> {human_bytes(plan.bytes_before - freed)}")
+        return 0
+
+
+class EnginesKey(_EnginesCommand):
+    """``doit engines-key [--prefix]``."""
+
+    name = "engines-key"
+    doc_purpose = "print a CI cache key: host identity + every corpus input (same inputs, same key)"
+    doc_usage = "[--prefix] [--config PATH]"
+    cmd_options = (
+        opt_config,
+        {"name": "prefix", "long": "prefix", "type": bool, "default": False,
+         "help": "print only the host part (a fallback restore key)"},
+    )
+
+    def run(self, params: dict[str, Any]) -> int:
+        key, prefix = cache_key(load_corpus(config_path(params["config"] or None)))
+        print(prefix if params["prefix"] else key)
+        return 0
+
+
+def _error(message: str, code: int) -> int:
+    sys.stderr.write(f"ERROR: {message}\n")
+    return code

@@ -1,0 +1,149 @@
+"""What ``doit engines-status`` and ``doit engines-key`` compute: per-backbone states and a CI key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..cache import check_entry
+from ..compiler import expected_build_inputs
+from ..gc import CacheScan, plan_gc
+from ..manifest import explain_mismatch, read_manifest
+from ..onnxinfo import onnx_digest
+from .corpus import LoadedCorpus
+from .report import human_bytes
+
+STATES = ("fresh", "missing", "stale", "corrupt", "foreign")
+KEY_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """One row of the status table."""
+
+    model_name: str
+    state: str
+    reason: str
+    size: int
+    host_key: str
+    path: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form (``--json``)."""
+        return asdict(self)
+
+
+def backbone_statuses(corpus: LoadedCorpus, scan: CacheScan) -> list[EngineStatus]:
+    """One row per backbone (fresh/missing/stale/corrupt), then one per foreign engine."""
+    rows = []
+    by_path = {e.path.name: e for e in scan.engines}
+    for spec in corpus.specs:
+        path = corpus.engine_path(spec)
+        key = corpus.host_key(spec)
+        expected = expected_build_inputs(spec, corpus.host)
+        cached = by_path.get(path.name)
+        size = cached.size if cached else 0
+        if not os.path.lexists(path):
+            older = [e for e in scan.engines
+                     if e.parsed.model_name == spec.model_name and e.parsed.host_key == key]
+            if older:
+                newest = max(older, key=lambda e: e.last_used)
+                why = explain_mismatch(read_manifest(newest.path), expected) or ["its file name differs"]
+                rows.append(EngineStatus(spec.model_name, "stale", f"{'; '.join(why)} (cached: {newest.path.name})",
+                                         newest.size, key, str(path)))
+            else:
+                rows.append(EngineStatus(spec.model_name, "missing", "no engine in the cache", 0, key, str(path)))
+            continue
+        check = check_entry(path, spec.model_name, expected)
+        if check.hit:
+            rows.append(EngineStatus(spec.model_name, "fresh", "verified", size, key, str(path)))
+            continue
+        manifest = read_manifest(path)
+        mismatch = explain_mismatch(manifest, expected) if manifest is not None else []
+        state = "stale" if mismatch else "corrupt"
+        rows.append(EngineStatus(spec.model_name, state, "; ".join(check.reasons), size, key, str(path)))
+    own_keys = {corpus.host_key(spec) for spec in corpus.specs}
+    for engine in scan.engines:
+        if engine.parsed.host_key not in own_keys:
+            rows.append(EngineStatus(engine.parsed.model_name, "foreign",
+                                     f"built for another host ({engine.parsed.backend_tag}-"
+                                     f"{engine.parsed.version_tag}, {engine.parsed.host_key})",
+                                     engine.size, engine.parsed.host_key, str(engine.path)))
+    return rows
+
+
+def status_totals(corpus: LoadedCorpus, scan: CacheScan, rows: list[EngineStatus]) -> dict[str, Any]:
+    """Counts by state, the cache's size, and what ``engines-gc`` would free."""
+    plan = plan_gc(scan, current=(corpus.engine_path(s).name for s in corpus.specs),
+                   host_keys=(corpus.host_key(s) for s in corpus.specs))
+    counts = {state: sum(r.state == state for r in rows) for state in STATES}
+    return {
+        "backbones": len(corpus.specs),
+        **counts,
+        "cache_files": len(scan.engines) * 3 + len(scan.leftovers),
+        "cache_bytes": scan.total_bytes,
+        "gc_reclaimable_bytes": plan.bytes_freed,
+    }
+
+
+def render_status(corpus: LoadedCorpus, rows: list[EngineStatus], totals: dict[str, Any]) -> str:
+    """The human table."""
+    identity = corpus.host.identity()
+    lines = [f"cache {corpus.cache_dir}  ({corpus.host.backend} {corpus.host.backend_version}, "
+             f"host {identity.host_key})"]
+    table = [("MODEL", "STATE", "SIZE", "HOST KEY", "PATH")]
+    for row in rows:
+        table.append((row.model_name, row.state, human_bytes(row.size) if row.size else "-", row.host_key, row.path))
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    for index, row in enumerate(table):
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+        if index and rows[index - 1].state not in ("fresh", "missing"):
+            lines.append(" " * (widths[0] + 2) + "why: " + rows[index - 1].reason)
+    summary = ", ".join(f"{totals[s]} {s}" for s in STATES if totals[s])
+    lines.append(f"total: {totals['backbones']} backbones ({summary}); cache {human_bytes(totals['cache_bytes'])}; "
+                 f"engines-gc would free {human_bytes(totals['gc_reclaimable_bytes'])}")
+    return "\n".join(lines)
+
+
+def cache_key(corpus: LoadedCorpus) -> tuple[str, str]:
+    """``(key, restore_prefix)`` for a CI cache: host identity + every corpus input, stable.
+
+    The prefix names backend, version and host, so a CI restore may fall back to the
+    newest cache of the same host when the corpus changed (then only the changes rebuild).
+    """
+    identity = corpus.host.identity()
+    payload = {
+        "schema": KEY_SCHEMA,
+        "backend": corpus.host.backend,
+        "backend_version": corpus.host.backend_version,
+        "host": identity.as_dict(),
+        "backbones": [
+            {
+                "model_name": spec.model_name,
+                "onnx_sha256": onnx_digest(spec.onnx_path, spec.external_data),
+                "settings": spec.build_settings(corpus.host.backend),
+                "engine": corpus.engine_path(spec).name,
+            }
+            for spec in sorted(corpus.specs, key=lambda s: s.model_name)
+        ],
+    }
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
+    prefix = f"engines-{identity.backend_tag}-{identity.version_tag}-{identity.host_key}-"
+    return prefix + digest, prefix
+
+
+def engine_file_names(corpus: LoadedCorpus) -> list[str]:
+    """Today's engine file names on this host."""
+    return [corpus.engine_path(spec).name for spec in corpus.specs]
+
+
+def display_path(path: Path) -> str:
+    """A path relative to the working folder when it is inside it (shorter tables)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

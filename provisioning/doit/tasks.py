@@ -1,0 +1,203 @@
+"""The ``engines`` task generator: one doit task per backbone, reuse decided by the cache.
+
+Each task ``engines:<model>`` has the canonical engine path as its target, the ONNX file
+(with its external data) and the config as ``file_dep``, an :class:`EngineUpToDate`
+checker backed by the sidecar and the manifest, and one action that asks the
+:class:`~provisioning.compiler.EngineCompiler` to compile or reuse that backbone.
+
+doit's database is only a hint: with it missing (a CI checkout with the cache restored),
+every task runs and the action reports ``REUSED`` without compiling; with it present,
+an intact engine is ``--`` without the action running at all.
+
+Actions and clean actions are ``(module-level function, args)`` pairs whose arguments are
+frozen dataclasses and strings, so ``doit -n N`` works under fork, spawn and forkserver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ..cache import check_entry, lock_path_for
+from ..compiler import BackboneSpec, EngineCompiler, EngineCompileRequest
+from ..errors import ProvisioningError
+from ..host import HostCapabilities
+from ..manifest import BuildInputs, manifest_path_for
+from ..sidecar import Sha256Sidecar
+from .corpus import config_path, load_corpus
+from .report import configure_console_logging, fail_fast
+
+log = logging.getLogger("provisioning.doit")
+
+DB_ENV = "PROVISIONING_DOIT_DB"
+DEFAULT_DB = ".doit.db"
+ONNX_DIGEST_VALUE = "onnx_sha256"
+CHECKER_VALUE = "_engine_uptodate"
+
+BackendFactory = Callable[[str], Any]
+
+
+def doit_config(**overrides: Any) -> dict[str, Any]:
+    """A ``DOIT_CONFIG`` for engine projects: sqlite3 database ($PROVISIONING_DOIT_DB or .doit.db)."""
+    config: dict[str, Any] = {
+        "backend": "sqlite3",
+        "dep_file": os.environ.get(DB_ENV) or DEFAULT_DB,
+        "default_tasks": ["engines"],
+    }
+    config.update(overrides)
+    return config
+
+
+class EngineUpToDate:
+    """doit ``uptodate`` checker: True only when the cached engine verifies against today's inputs.
+
+    It runs in doit's main process when ``file_dep`` is unchanged, so the ONNX is the one the
+    last successful run hashed: the digest saved in ``values`` stands in for re-hashing it.
+    The engine itself is always hashed in full against its sidecar and its manifest compared
+    with today's settings, host and builder version. It never raises: an exception in an
+    uptodate callable would stop doit with exit 3, so any surprise means "run the task".
+    """
+
+    def __init__(self, spec: BackboneSpec, host: HostCapabilities, engine_path: Path) -> None:
+        self.spec = spec
+        self.host = host
+        self.engine_path = Path(engine_path)
+
+    def configure_task(self, task: Any) -> None:
+        """Record which engine this success vouched for (saved with the task's values)."""
+        task.value_savers.append(lambda: {CHECKER_VALUE: self.engine_path.name})
+
+    def __call__(self, task: Any, values: dict[str, Any]) -> bool:
+        try:
+            return self._verify(values)
+        except Exception as exc:  # never abort the doit run from a checker
+            log.debug("uptodate check of %s failed (%s); running the task", self.spec.model_name, exc)
+            return False
+
+    def _verify(self, values: dict[str, Any]) -> bool:
+        onnx_sha256 = values.get(ONNX_DIGEST_VALUE)
+        if values.get(CHECKER_VALUE) != self.engine_path.name or not isinstance(onnx_sha256, str):
+            return False
+        identity = self.host.identity(
+            hardware_compatibility=self.spec.hardware_compatibility,
+            version_compatible=self.spec.version_compatible,
+        )
+        expected = BuildInputs(
+            onnx_sha256=onnx_sha256,
+            build_settings=self.spec.build_settings(self.host.backend),
+            host=identity.as_dict(),
+            backend=self.host.backend,
+            backend_version=self.host.backend_version,
+        )
+        return check_entry(self.engine_path, self.spec.model_name, expected).hit
+
+    def __repr__(self) -> str:
+        return f"EngineUpToDate({self.engine_path.name!r})"
+
+
+class _OneBuildPerGpu:
+    """Wraps a TensorRT backend so builds sharing one GPU run one at a time (fair timings)."""
+
+    def __init__(self, inner: Any, lock_path: Path) -> None:
+        self._inner = inner
+        self._lock_path = lock_path
+
+    def compile_engine(self, spec: BackboneSpec, host: HostCapabilities, output: Any) -> None:
+        from filelock import FileLock
+
+        output.progress("waiting for the GPU", self._lock_path.name)
+        with FileLock(str(self._lock_path)):
+            self._inner.compile_engine(spec, host, output)
+
+
+def _default_backend(name: str) -> Any:
+    from ..compose import make_backend
+
+    return make_backend(name)
+
+
+def compile_backbone(
+    spec: BackboneSpec, host: HostCapabilities, cache_dir: str, backend_factory: BackendFactory | None = None
+) -> Any:
+    """The task action: reuse or build one backbone; JSON-only values, TaskFailed on a known error."""
+    from doit.exceptions import TaskFailed
+
+    configure_console_logging()
+    cache = Path(cache_dir)
+    try:
+        backend = (backend_factory or _default_backend)(host.backend)
+        if host.backend == "tensorrt" and host.gpu is not None:
+            backend = _OneBuildPerGpu(backend, lock_path_for(cache / f"gpu-{host.gpu.uuid}"))
+        request = EngineCompileRequest(backbones=(spec,), cache_dir=cache, host=host)
+        result = EngineCompiler(backend).compile_engines_for_corpus(request).results[0]
+    except (ProvisioningError, OSError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return TaskFailed(f"FAILED {spec.model_name}: {text}\n")
+    return {
+        "model_name": spec.model_name,
+        "outcome": result.outcome.value,
+        "engine": result.entry.file_name,
+        "sha256": result.entry.sha256,
+        ONNX_DIGEST_VALUE: str(result.entry.inputs.get("onnx_sha256", "")),
+        "compile_duration_s": result.compile_duration_s,
+    }
+
+
+def clean_engine(engine_path: str, dryrun: bool = False) -> None:
+    """``doit clean``: remove one engine with its sidecar (first: the commit point) and manifest."""
+    engine = Path(engine_path)
+    for path in (Sha256Sidecar.path_for(engine), engine, manifest_path_for(engine)):
+        if os.path.lexists(path):
+            print(f"{'would remove' if dryrun else 'removing'} {path}")
+            if not dryrun:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+
+def engine_tasks(
+    config: str | os.PathLike[str] | None = None,
+    *,
+    basename: str = "engines",
+    backend_factory: BackendFactory | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield doit task dicts: a group ``basename`` and one ``basename:<model>`` per backbone.
+
+    ``config`` defaults to ``config=PATH`` on the doit command line, then
+    $PROVISIONING_CONFIG, then corpus/corpus.yaml. A bad config prints one line and exits
+    with the error's code before any task runs. ``backend_factory(name)`` replaces the
+    backend (a module-level callable, so that it pickles for ``doit -n``).
+    """
+    path = config_path(os.fspath(config) if config is not None else None)
+    try:
+        corpus = load_corpus(path)
+    except ProvisioningError as exc:
+        fail_fast(str(exc).splitlines()[0], exc.exit_code)
+    yield {
+        "basename": basename,
+        "name": None,
+        "doc": f"compile or reuse the engines of {path.name} ({corpus.host.backend}, cache {corpus.cache_dir})",
+    }
+    kwargs = {"backend_factory": backend_factory} if backend_factory is not None else {}
+    for spec in corpus.specs:
+        engine = corpus.engine_path(spec)
+        yield {
+            "basename": basename,
+            "name": spec.model_name,
+            "doc": f"{spec.model_name} -> {engine.name}",
+            "actions": [(compile_backbone, [spec, corpus.host, str(corpus.cache_dir)], kwargs)],
+            "file_dep": [str(p) for p in spec.source_files] + [str(path)],
+            "targets": [str(engine)],
+            "uptodate": [EngineUpToDate(spec, corpus.host, engine)],
+            "clean": [(clean_engine, [str(engine)])],
+            "verbosity": 2,  # stream BUILT/REUSED lines and heartbeats as they happen
+            "meta": {"engine": str(engine), "model_name": spec.model_name},
+        }
+
+
+def task_engines() -> Iterator[dict[str, Any]]:
+    """Compile or reuse the corpus's engines (one subtask per backbone)."""
+    yield from engine_tasks()

@@ -1,0 +1,282 @@
+"""Scanning the engine cache and collecting its garbage: records, a plan, then execution.
+
+:func:`scan_cache` returns read-only records of what is in the folder; :func:`plan_gc`
+turns them into a :class:`GcPlan` (what would go, why, and the bytes it frees) without
+touching anything, so a dry run is free; :meth:`GcPlan.execute` deletes. Garbage is:
+
+- engines of other hosts (another host key: another GPU, CPU ISA or backend),
+- superseded engines of this host (an old builder version or old settings, a removed backbone),
+- leftover temporary files and scratch folders ``.<name>.<pid>.<token>.incomplete`` whose
+  owner process is dead,
+- orphan sidecars and manifests whose engine is gone,
+- with a size budget, the least recently used remaining engines (access or modification
+  time, whichever is later: a reuse reads the engine) until the cache fits.
+
+An engine whose build lock a live process holds is never deleted; at deletion time the
+lock is taken (without waiting) so no build can start on an engine being removed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from filelock import FileLock, Timeout
+
+from .cache import LOCK_DIR, lock_is_held, lock_path_for
+from .manifest import MANIFEST_SUFFIX, manifest_path_for
+from .schema import ENGINE_SUFFIX, EngineFilenameSchema, ParsedEngineName
+from .sidecar import SIDECAR_SUFFIX, Sha256Sidecar, is_temp_name, temp_owner_pid
+
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+@dataclass(frozen=True)
+class CachedEngine:
+    """One canonical engine in the cache, with the files that belong to it."""
+
+    path: Path
+    parsed: ParsedEngineName
+    size: int  # engine + sidecar + manifest
+    last_used: float
+    locked: bool
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Sidecar first (the commit point), then the engine, then the manifest."""
+        return (Sha256Sidecar.path_for(self.path), self.path, manifest_path_for(self.path))
+
+
+@dataclass(frozen=True)
+class LeftoverFile:
+    """A temporary file or scratch folder, or an orphan sidecar/manifest."""
+
+    path: Path
+    size: int
+    kind: str  # "temp" or "orphan"
+    owner_pid: int | None = None
+    owner_alive: bool = False
+
+
+@dataclass(frozen=True)
+class CacheScan:
+    """Everything found in one cache folder (read-only)."""
+
+    cache_dir: Path
+    engines: tuple[CachedEngine, ...] = ()
+    leftovers: tuple[LeftoverFile, ...] = ()
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes held by engines and leftovers together."""
+        return sum(e.size for e in self.engines) + sum(f.size for f in self.leftovers)
+
+
+@dataclass(frozen=True)
+class GcItem:
+    """One thing the plan deletes, and why."""
+
+    paths: tuple[Path, ...]
+    size: int
+    reason: str
+    engine: CachedEngine | None = None
+
+
+@dataclass(frozen=True)
+class GcResult:
+    """What :meth:`GcPlan.execute` did."""
+
+    deleted: tuple[Path, ...]
+    bytes_freed: int
+    skipped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GcPlan:
+    """What a GC would delete; nothing is touched until :meth:`execute`."""
+
+    cache_dir: Path
+    items: tuple[GcItem, ...]
+    kept_locked: tuple[CachedEngine, ...] = ()
+    bytes_before: int = 0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def bytes_freed(self) -> int:
+        """Bytes the plan frees when executed."""
+        return sum(item.size for item in self.items)
+
+    @property
+    def bytes_after(self) -> int:
+        """The cache size the plan leaves."""
+        return self.bytes_before - self.bytes_freed
+
+    def execute(self) -> GcResult:
+        """Delete the plan's files; an engine locked by a live process meanwhile is skipped."""
+        deleted: list[Path] = []
+        skipped: list[str] = []
+        freed = 0
+        for item in self.items:
+            if item.engine is None:
+                removed = [p for p in item.paths if _remove(p)]
+            else:
+                removed = _remove_engine(item.engine)
+                if removed is None:
+                    skipped.append(f"{item.engine.path.name}: a live process holds its lock; kept")
+                    continue
+            deleted.extend(removed)
+            freed += item.size
+        return GcResult(tuple(deleted), freed, tuple(skipped))
+
+
+def scan_cache(cache_dir: Path) -> CacheScan:
+    """Read the cache folder; a missing folder is an empty cache."""
+    cache_dir = Path(cache_dir)
+    try:
+        entries = list(os.scandir(cache_dir))
+    except FileNotFoundError:
+        return CacheScan(cache_dir)
+    names = {e.name for e in entries}
+    engines: list[CachedEngine] = []
+    leftovers: list[LeftoverFile] = []
+    for entry in entries:
+        name = entry.name
+        if name == LOCK_DIR:
+            continue
+        if is_temp_name(name):
+            pid = temp_owner_pid(name)
+            leftovers.append(LeftoverFile(Path(entry.path), _size(entry), "temp", pid, _alive(pid)))
+            continue
+        for suffix in (SIDECAR_SUFFIX, MANIFEST_SUFFIX):
+            if name.endswith(ENGINE_SUFFIX + suffix) and name[: -len(suffix)] not in names:
+                leftovers.append(LeftoverFile(Path(entry.path), _size(entry), "orphan"))
+        if not name.endswith(ENGINE_SUFFIX) or entry.is_symlink() or not entry.is_file():
+            continue
+        try:
+            parsed = EngineFilenameSchema.parse(name)
+        except ValueError:
+            continue  # not ours: never touched
+        path = Path(entry.path)
+        stat = entry.stat()
+        size = stat.st_size + sum(_file_size(p) for p in (Sha256Sidecar.path_for(path), manifest_path_for(path)))
+        engines.append(CachedEngine(path, parsed, size, max(stat.st_atime, stat.st_mtime), lock_is_held(path)))
+    engines.sort(key=lambda e: e.path.name)
+    leftovers.sort(key=lambda f: f.path.name)
+    return CacheScan(cache_dir, tuple(engines), tuple(leftovers))
+
+
+def plan_gc(
+    scan: CacheScan,
+    *,
+    current: Iterable[str],
+    host_keys: Iterable[str],
+    max_size: int | None = None,
+    keep_foreign: bool = False,
+) -> GcPlan:
+    """Plan a GC: ``current`` are today's engine file names, ``host_keys`` this host's keys."""
+    current, host_keys = set(current), set(host_keys)
+    items: list[GcItem] = []
+    kept: list[CachedEngine] = []
+    locked: list[CachedEngine] = []
+    for leftover in scan.leftovers:
+        if leftover.kind == "temp":
+            if leftover.owner_alive:
+                continue
+            owner = "no owner pid" if leftover.owner_pid is None else f"owner pid {leftover.owner_pid} is gone"
+            items.append(GcItem((leftover.path,), leftover.size, f"leftover temporary file ({owner})"))
+        else:
+            items.append(GcItem((leftover.path,), leftover.size, "orphan: its engine is gone"))
+    for engine in scan.engines:
+        name, key = engine.path.name, engine.parsed.host_key
+        if name in current or (keep_foreign and key not in host_keys):
+            kept.append(engine)
+        elif engine.locked:
+            locked.append(engine)
+        elif key in host_keys:
+            items.append(GcItem(engine.files, engine.size, "superseded build of this host", engine))
+        else:
+            items.append(GcItem(engine.files, engine.size, f"engine of another host ({key})", engine))
+    if max_size is not None:
+        size = sum(e.size for e in kept) + sum(e.size for e in locked)
+        for engine in sorted(kept, key=lambda e: e.last_used):
+            if size <= max_size:
+                break
+            if engine.locked:
+                continue
+            items.append(GcItem(engine.files, engine.size, "over the size budget (least recently used)", engine))
+            size -= engine.size
+    notes = []
+    if max_size is not None and scan.total_bytes - sum(i.size for i in items) > max_size:
+        notes.append("the budget cannot be met without deleting locked engines or files in use")
+    return GcPlan(scan.cache_dir, tuple(items), tuple(locked), scan.total_bytes, tuple(notes))
+
+
+def parse_size(text: str) -> int:
+    """``500M``, ``2G``, ``1.5GiB``, ``1048576``: binary units; ValueError with the accepted forms."""
+    match = _SIZE_RE.fullmatch(str(text))
+    if not match:
+        raise ValueError(f"size {text!r} not understood; use bytes or a number with K, M, G or T (e.g. 500M, 2G)")
+    number, unit, _ = match.groups()
+    return int(float(number) * _UNITS[unit.lower()])
+
+
+def _remove_engine(engine: CachedEngine) -> list[Path] | None:
+    lock_path = lock_path_for(engine.path)
+    if not lock_path.parent.is_dir():
+        return [p for p in engine.files if _remove(p)]
+    lock = FileLock(str(lock_path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return None
+    try:
+        return [p for p in engine.files if _remove(p)]
+    finally:
+        lock.release()
+
+
+def _remove(path: Path) -> bool:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
+
+
+def _size(entry: os.DirEntry) -> int:
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            total = 0
+            for root, _, files in os.walk(entry.path):
+                total += sum(_file_size(Path(root) / f) for f in files)
+            return total
+        return entry.stat(follow_symlinks=False).st_size
+    except OSError:
+        return 0
