@@ -21,13 +21,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from filelock import FileLock
 
 from .errors import CacheError
 from .manifest import BuildInputs, explain_mismatch, read_manifest
-from .sidecar import Sha256Sidecar
+from .sidecar import Sha256Sidecar, Verification
 
 LOCK_DIR = ".locks"
 EVENTS_FILE = "events.jsonl"
@@ -70,8 +70,17 @@ class EntryCheck:
         return self.entry is not None
 
 
-def check_entry(engine_path: Path, model_name: str, expected: BuildInputs) -> EntryCheck:
-    """Verify one cache entry against today's build inputs (manifest first, then bytes)."""
+def check_entry(
+    engine_path: Path,
+    model_name: str,
+    expected: BuildInputs,
+    verify: Callable[[Path], Verification] | None = None,
+) -> EntryCheck:
+    """Verify one cache entry against today's build inputs (manifest first, then bytes).
+
+    ``verify`` replaces the plain sidecar check (for example a prefetching
+    :class:`~provisioning.verify.EngineVerifier`, or trusted-stat mode).
+    """
     if os.path.islink(engine_path):
         return EntryCheck(None, (f"engine path {engine_path.name} is a symlink; refusing to follow it",))
     if not os.path.lexists(engine_path):
@@ -80,7 +89,7 @@ def check_entry(engine_path: Path, model_name: str, expected: BuildInputs) -> En
     reasons = explain_mismatch(manifest, expected)
     if reasons:
         return EntryCheck(None, tuple(reasons))
-    verification = Sha256Sidecar.check(engine_path)
+    verification = (verify or Sha256Sidecar.check)(engine_path)
     if not verification.ok:
         return EntryCheck(None, (verification.reason,))
     recorded = manifest.get("engine") if isinstance(manifest.get("engine"), dict) else {}

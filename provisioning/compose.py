@@ -14,7 +14,7 @@ from .compiler import BackboneSpec, EngineCompiler, EngineCompileRequest
 from .config import SUPPORTED_PRECISIONS, ProvisioningConfig, load_config, unsupported_precision
 from .errors import BackendUnavailableError, ConfigError
 from .host import HostCapabilities, probe_host
-from .onnxinfo import inspect_onnx
+from .onnxinfo import cached_inspection, inspect_onnx, remember_inspection
 
 __all__ = [
     "build_backbone_specs",
@@ -62,11 +62,15 @@ def build_backbone_specs(config: ProvisioningConfig, backend: str | None = None)
     """Resolve every backbone against its ONNX file; ConfigError names file, backbone and field."""
     backend = backend or resolve_backend(config)
     specs = []
+    fresh = []  # inspections to remember, written only once the whole config is valid
     for backbone in config.backbones:
         where = f"{config.config_path}: backbone {backbone.model_name}"
         if backbone.precision not in SUPPORTED_PRECISIONS[backend]:
             raise unsupported_precision(config.config_path, backbone.model_name, backbone.precision, backend)
-        info = inspect_onnx(backbone.onnx, where=f"{where}: field 'onnx'")
+        info = cached_inspection(backbone.onnx, config.cache_dir)
+        if info is None:
+            info = inspect_onnx(backbone.onnx, where=f"{where}: field 'onnx'")
+            fresh.append(info)
         for name, shape in backbone.inputs.items():
             graph_input = info.input(name)
             if graph_input is None:
@@ -105,6 +109,9 @@ def build_backbone_specs(config: ProvisioningConfig, backend: str | None = None)
                 version_compatible=backbone.version_compatible,
             )
         )
+    if fresh and config.cache_dir.is_dir():
+        for info in fresh:
+            remember_inspection(info, config.cache_dir)
     return tuple(specs)
 
 

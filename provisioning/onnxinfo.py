@@ -8,12 +8,15 @@ into the digest that decides reuse.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .sidecar import hash_file
+from .sidecar import atomic_write_bytes, hash_file
+
+INSPECT_DIR = ".inspect"
 
 Dim = int | str | None  # a fixed size, a symbolic name, or unknown
 
@@ -89,6 +92,56 @@ def inspect_onnx(path: Path, *, where: str = "") -> OnnxInfo:
         inputs.append(OnnxInput(value.name, elem, tuple(dims)))
     external = _external_data_files(model, path, prefix)
     return OnnxInfo(path=path, inputs=tuple(inputs), external_data=external)
+
+
+def _stat_signature(path: Path) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _record_path(cache_dir: Path, path: Path) -> Path:
+    key = hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()[:24]
+    return cache_dir / INSPECT_DIR / f"{key}.json"
+
+
+def cached_inspection(path: Path, cache_dir: Path) -> OnnxInfo | None:
+    """A previous inspection of ``path`` if the file is unchanged (same size, mtimes, inode).
+
+    Parsing a large ONNX costs far more than a warm run should; the record is only a
+    shortcut: any change of the file, or a missing external data file, means re-inspecting.
+    """
+    try:
+        record = json.loads(_record_path(cache_dir, path).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("signature") != _stat_signature(path):
+        return None
+    try:
+        inputs = tuple(OnnxInput(i["name"], i["elem_type"], tuple(i["dims"])) for i in record["inputs"])
+        external = tuple(path.parent / name for name in record["external_data"])
+    except (KeyError, TypeError):
+        return None
+    if not all(e.is_file() for e in external):
+        return None
+    return OnnxInfo(path=path, inputs=inputs, external_data=external)
+
+
+def remember_inspection(info: OnnxInfo, cache_dir: Path) -> None:
+    """Store an inspection for :func:`cached_inspection` (best effort, never fails a run)."""
+    record = {
+        "signature": _stat_signature(info.path),
+        "inputs": [{"name": i.name, "elem_type": i.elem_type, "dims": list(i.dims)} for i in info.inputs],
+        "external_data": [os.path.relpath(e, info.path.parent) for e in info.external_data],
+    }
+    target = _record_path(cache_dir, info.path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, json.dumps(record).encode())
+    except OSError:
+        pass
 
 
 def _external_data_files(model, path: Path, prefix: str) -> tuple[Path, ...]:
