@@ -120,8 +120,16 @@ def _dims_text(dims) -> str:
 
 
 def build_engine_compiler(config: ProvisioningConfig, *, backend: str | None = None) -> EngineCompiler:
-    """The compiler wired to the config's backend."""
-    return EngineCompiler(make_backend(backend or resolve_backend(config)))
+    """The compiler wired to the config's backend, and to its remote cache when one is enabled.
+
+    A bad ``remote:`` block (or a missing signing key) raises ConfigError here, before any build.
+    """
+    remote = None
+    if config.remote is not None:
+        from .remote import make_remote_cache  # fsspec/s3fs load only for configs that use them
+
+        remote = make_remote_cache(config)
+    return EngineCompiler(make_backend(backend or resolve_backend(config)), remote=remote)
 
 
 def build_compile_request(

@@ -1,0 +1,50 @@
+"""The shared remote engine cache: a bucket (S3 API, or a shared mount) behind the local cache.
+
+Configured by the ``remote:`` block of corpus.yaml (see docs/fleet.md). Importing this
+package loads neither fsspec, s3fs nor botocore: they are imported when a store opens.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .admin import RemoteGcItem, RemoteGcPlan, apply_remote_gc, plan_remote_gc, remote_entry_status
+from .cache import RemoteCache
+from .config import RemoteConfig, SigningKeyConfig, parse_remote_config
+from .signing import EntrySigner
+from .store import RemoteStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import ProvisioningConfig
+
+__all__ = [
+    "EntrySigner",
+    "RemoteCache",
+    "RemoteConfig",
+    "RemoteGcItem",
+    "RemoteGcPlan",
+    "RemoteStore",
+    "SigningKeyConfig",
+    "apply_remote_gc",
+    "make_remote_cache",
+    "parse_remote_config",
+    "plan_remote_gc",
+    "remote_config_of",
+    "remote_entry_status",
+]
+
+
+def remote_config_of(config: "ProvisioningConfig") -> RemoteConfig | None:
+    """The validated ``remote:`` block of ``config``; None when absent. Raises ConfigError."""
+    if config.remote is None:
+        return None
+    return parse_remote_config(config.remote, config.config_path)
+
+
+def make_remote_cache(config: "ProvisioningConfig") -> RemoteCache | None:
+    """The remote cache for ``config`` (None when absent or ``mode: off``); keys are loaded now."""
+    remote = remote_config_of(config)
+    if remote is None or not remote.enabled:
+        return None
+    signer = EntrySigner(remote.signing_key, str(config.config_path)) if remote.signing_key else None
+    return RemoteCache(remote, RemoteStore.open(remote), signer)

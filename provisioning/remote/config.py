@@ -1,0 +1,190 @@
+"""The ``remote:`` block of corpus.yaml, validated into a frozen :class:`RemoteConfig`.
+
+Only structure is checked here (no network, no key material read): key material is
+loaded by :mod:`provisioning.remote.signing` when the compiler is built, so a bad block
+fails before any build. Every error is one line naming the config file and the field.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from ..errors import ConfigError
+
+MODES = ("read-write", "read-only", "off")
+PROTOCOLS = ("s3", "s3a", "file")
+ALGORITHMS = ("hmac-sha256", "ed25519")
+_KEYS = (
+    "url", "mode", "endpoint_url", "timeout_s", "signing_key", "require_signature",
+    "lease_s", "wait_s", "host_max_age_days",
+)
+_SOURCE_KEYS = ("env", "file")
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """Where key material lives: an environment variable or a file (never the bytes)."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    def describe(self) -> str:
+        """``env ENGINE_KEY`` or ``file /path``: safe to print, names no secret."""
+        return f"env {self.env}" if self.env else f"file {self.file}"
+
+
+@dataclass(frozen=True)
+class SigningKeyConfig:
+    """The signing key: HMAC-SHA256 (one secret) or Ed25519 (PEM private and/or public key)."""
+
+    algorithm: str
+    secret: KeySource | None = None  # hmac-sha256
+    private_key: KeySource | None = None  # ed25519, PEM (PKCS#8, unencrypted)
+    public_key: KeySource | None = None  # ed25519, PEM (SubjectPublicKeyInfo)
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """The shared remote cache, as configured (see docs/fleet.md)."""
+
+    config_path: Path
+    url: str
+    mode: str = "read-write"
+    endpoint_url: str | None = None
+    timeout_s: float = 30.0
+    signing_key: SigningKeyConfig | None = None
+    require_signature: bool = False
+    lease_s: float = 30.0  # a builder's claim on an engine; renewed while it builds
+    wait_s: float = 3600.0  # longest wait for another host's build before building here
+    host_max_age_days: float = 30.0  # gc: hosts not seen for longer are removed
+
+    @property
+    def enabled(self) -> bool:
+        """False for ``mode: off``."""
+        return self.mode != "off"
+
+    @property
+    def writable(self) -> bool:
+        """True for ``mode: read-write``."""
+        return self.mode == "read-write"
+
+    @property
+    def protocol(self) -> str:
+        """``s3`` or ``file``."""
+        return "file" if self.url.startswith("file://") else "s3"
+
+
+def _error(config_path: Path, key: str, message: str) -> ConfigError:
+    return ConfigError(f"{config_path}: field 'remote.{key}': {message}")
+
+
+def parse_remote_config(raw: Mapping[str, Any], config_path: Path) -> RemoteConfig:
+    """Validate the raw ``remote:`` mapping; ConfigError names the file and the field."""
+    config_path = Path(config_path)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{config_path}: field 'remote': must be a mapping (url, mode, ...)")
+    unknown = sorted(str(k) for k in raw if k not in _KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{config_path}: field 'remote': unknown key(s) {', '.join(unknown)}; allowed keys are {', '.join(_KEYS)}"
+        )
+    mode = raw.get("mode", "read-write")
+    if mode not in MODES:
+        raise _error(config_path, "mode", f"unknown value {mode!r}; use one of {', '.join(MODES)}")
+    if "url" not in raw:
+        raise _error(config_path, "url", "missing; give an fsspec URL such as s3://bucket/engines or file:///srv/engines")
+    url = _url(raw["url"], config_path)
+    endpoint = raw.get("endpoint_url")
+    if endpoint is not None:
+        parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _error(config_path, "endpoint_url", f"must be an http(s) URL such as http://127.0.0.1:9000, got {endpoint!r}")
+        if parts.username or parts.password:
+            raise _error(config_path, "endpoint_url", "must not contain credentials; use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+    signing = _signing_key(raw.get("signing_key"), config_path)
+    require = raw.get("require_signature", False)
+    if not isinstance(require, bool):
+        raise _error(config_path, "require_signature", f"must be true or false, got {require!r}")
+    if require and signing is None:
+        raise _error(config_path, "require_signature", "is true but no signing_key is set; add remote.signing_key")
+    if signing is not None and mode == "read-write" and signing.algorithm == "ed25519" and signing.private_key is None:
+        raise _error(config_path, "signing_key", "read-write mode signs uploads: add private_key, or use mode: read-only")
+    return RemoteConfig(
+        config_path=config_path,
+        url=url,
+        mode=mode,
+        endpoint_url=endpoint,
+        timeout_s=_seconds(raw, "timeout_s", 30.0, config_path),
+        signing_key=signing,
+        require_signature=require,
+        lease_s=_seconds(raw, "lease_s", 30.0, config_path),
+        wait_s=_seconds(raw, "wait_s", 3600.0, config_path),
+        host_max_age_days=_seconds(raw, "host_max_age_days", 30.0, config_path),
+    )
+
+
+def _url(raw: Any, config_path: Path) -> str:
+    if not isinstance(raw, str) or "://" not in raw:
+        raise _error(config_path, "url", f"must be an fsspec URL such as s3://bucket/engines, got {raw!r}")
+    protocol, _, rest = raw.partition("://")
+    if protocol not in PROTOCOLS:
+        raise _error(config_path, "url", f"protocol {protocol!r} is not supported; use s3:// or file://")
+    if protocol == "file":
+        # A relative shared-mount path is anchored at the config's folder, like cache_dir.
+        path = os.path.normpath(os.path.join(config_path.parent, os.path.expanduser(rest)))
+        return "file://" + path
+    bucket, _, prefix = rest.partition("/")
+    if "@" in bucket or ":" in bucket:
+        raise _error(config_path, "url", "must not contain credentials; put them in AWS_* environment variables")
+    if not bucket:
+        raise _error(config_path, "url", f"has no bucket name: {raw!r}")
+    return f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")
+
+
+def _seconds(raw: Mapping[str, Any], key: str, default: float, config_path: Path) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise _error(config_path, key, f"must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _signing_key(raw: Any, config_path: Path) -> SigningKeyConfig | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise _error(config_path, "signing_key", "must be a mapping: {env: VAR} or {file: PATH} (never the key itself)")
+    algorithm = raw.get("algorithm", "hmac-sha256")
+    if algorithm not in ALGORITHMS:
+        raise _error(config_path, "signing_key.algorithm", f"unknown value {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+    if algorithm == "hmac-sha256":
+        unknown = sorted(str(k) for k in raw if k not in ("algorithm", *_SOURCE_KEYS))
+        if unknown:
+            raise _error(config_path, "signing_key", f"unknown key(s) {', '.join(unknown)}; use env or file")
+        return SigningKeyConfig(algorithm, secret=_source(raw, "signing_key", config_path))
+    unknown = sorted(str(k) for k in raw if k not in ("algorithm", "private_key", "public_key"))
+    if unknown:
+        raise _error(config_path, "signing_key", f"unknown key(s) {', '.join(unknown)}; use private_key, public_key")
+    private = _source(raw["private_key"], "signing_key.private_key", config_path) if "private_key" in raw else None
+    public = _source(raw["public_key"], "signing_key.public_key", config_path) if "public_key" in raw else None
+    if private is None and public is None:
+        raise _error(config_path, "signing_key", "ed25519 needs private_key and/or public_key ({file: PATH} or {env: VAR})")
+    return SigningKeyConfig(algorithm, private_key=private, public_key=public)
+
+
+def _source(raw: Any, key: str, config_path: Path) -> KeySource:
+    if not isinstance(raw, Mapping):
+        raise _error(config_path, key, "must be {env: VAR} or {file: PATH}")
+    given = [k for k in _SOURCE_KEYS if k in raw]
+    if len(given) != 1:
+        raise _error(config_path, key, "give exactly one of env or file (the key itself never goes in the config)")
+    value = raw[given[0]]
+    if not isinstance(value, str) or not value.strip():
+        raise _error(config_path, key, f"{given[0]} must be a non-empty string")
+    if given[0] == "env":
+        return KeySource(env=value)
+    return KeySource(file=Path(os.path.normpath(os.path.join(config_path.parent, os.path.expanduser(value)))))

@@ -1,0 +1,118 @@
+"""A builder's lease on one remote entry: so a fleet compiles each engine once.
+
+The first host to miss an engine creates ``<entry>/lease`` with a conditional create
+(``If-None-Match: *``; ``O_EXCL`` on a file:// mount) and builds; the others see the
+lease and poll for the entry instead of compiling. The holder renews the lease while its
+local build lock is held and deletes it after uploading, or as soon as its build ends
+without an upload (a failed build), so a waiter takes over without waiting for expiry.
+A holder that dies stops renewing: its lease expires after ``lease_s`` and a waiter takes
+it over.
+
+Limits (documented in docs/fleet.md): expiry compares wall clocks, so hosts need NTP-level
+agreement (well under ``lease_s``); two waiters taking over one expired lease at the same
+instant can both build (harmless: entries are content-verified and the sidecar is
+created conditionally); a store that ignores ``If-None-Match`` gives no exclusion at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..cache import lock_is_held
+from .store import RemoteStore
+
+log = logging.getLogger("provisioning.remote")
+_MAX_LEASE_BYTES = 4096
+
+
+def lease_owner() -> str:
+    """``host:pid:token``: who holds a lease (shown to waiters; no secret)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def read_lease(store: RemoteStore, path: str, timeout: float) -> dict[str, Any] | None:
+    """The lease document at ``path``, None when absent; malformed ones read as expired."""
+    blob = store.read_small(path, _MAX_LEASE_BYTES, timeout)
+    if blob is None:
+        return None
+    try:
+        document = json.loads(blob)
+        if isinstance(document, dict) and isinstance(document.get("expires"), (int, float)):
+            return document
+    except ValueError:
+        pass
+    return {"owner": "?", "expires": 0.0}
+
+
+class BuilderLease:
+    """A held lease: renewed in a thread while ``engine_path``'s build lock is held."""
+
+    def __init__(self, store: RemoteStore, path: str, engine_path: Path, lease_s: float, timeout_s: float) -> None:
+        self.store = store
+        self.path = path
+        self.engine_path = engine_path
+        self.lease_s = lease_s
+        self.timeout_s = timeout_s
+        self.owner = lease_owner()
+        self._stop = threading.Event()
+        self._claimed = threading.Event()  # publish() took over: it releases after uploading
+        self._lock = threading.Lock()
+        self._released = False
+        self._thread: threading.Thread | None = None
+
+    def document(self) -> bytes:
+        """The lease body with a fresh expiry."""
+        return json.dumps({"owner": self.owner, "expires": time.time() + self.lease_s}).encode()
+
+    def try_acquire(self) -> bool:
+        """Create the lease if absent; True when this process now holds it."""
+        if not self.store.create_exclusive(self.path, self.document(), self.timeout_s):
+            return False
+        self._thread = threading.Thread(target=self._renew, name=f"lease-{self.engine_path.name}", daemon=True)
+        self._thread.start()
+        return True
+
+    def claim_for_publish(self) -> None:
+        """Called by publish(): keep renewing until :meth:`release`, whatever the lock says."""
+        self._claimed.set()
+
+    def _renew(self) -> None:
+        interval = max(0.05, self.lease_s / 3)
+        while not self._stop.wait(interval):
+            if not self._claimed.is_set() and not lock_is_held(self.engine_path):
+                # The build ended without publish(): it failed. A short grace covers the
+                # instant between the compiler releasing its lock and calling publish().
+                if self._claimed.wait(min(2.0, self.lease_s / 2)):
+                    continue
+                self.release()
+                return
+            if self._stop.is_set():
+                return
+            try:
+                self.store.put_bytes(self.path, self.document(), self.timeout_s)
+            except Exception as exc:  # a missed renewal only shortens the lease
+                log.debug("lease renewal of %s failed: %s", self.path, exc)
+
+    def release(self) -> None:
+        """Stop renewing and delete the lease if it is still ours (best effort)."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(self.timeout_s + 1)  # a renewal in flight must not re-create it
+        try:
+            current = read_lease(self.store, self.path, self.timeout_s)
+            if current is not None and current.get("owner") == self.owner:
+                self.store.delete([self.path], self.timeout_s)
+        except Exception as exc:  # an undeleted lease expires by itself
+            log.debug("lease release of %s failed: %s", self.path, exc)
