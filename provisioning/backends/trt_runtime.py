@@ -1,0 +1,163 @@
+"""Loading TensorRT plans and running one inference with cuda-python (``cuda.bindings``).
+
+Used after a build (deserialize before publishing, optionally validate) and for engines
+taken from the cache, which are verified against their sidecar *before* TensorRT sees
+a byte. The ``trt`` module is passed in; only :mod:`provisioning.backends.tensorrt`
+imports TensorRT. ``cuda.bindings`` is imported only when an inference runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import BackendError, BackendUnavailableError, NoGpuError
+from ..manifest import read_manifest
+from ..sidecar import Sha256Sidecar, open_nofollow
+from .trt_logging import capture
+
+_NUMPY_BY_TRT = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32",
+                 "INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
+REBUILD_HINT = "rebuild it on this host (doit engines) or delete it"
+
+
+@dataclass(frozen=True)
+class LoadedEngine:
+    """A deserialized engine with the runtime that must outlive it."""
+
+    engine: Any
+    runtime: Any
+    path: Path | None = None
+    manifest: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+def deserialize(trt: Any, logger: Any, plan: Any, *, host_code_allowed: bool, where: str) -> LoadedEngine:
+    """``trt.Runtime.deserialize_cuda_engine``; a ``None`` becomes BackendError with TensorRT's reason."""
+    with capture(logger) as build_log:
+        try:
+            runtime = trt.Runtime(logger)
+        except TypeError as exc:  # pybind11 'factory function returned nullptr': no CUDA device
+            from ..gpu import NO_GPU_HINT
+
+            raise NoGpuError(
+                f"{where}: no usable GPU: TensorRT's runtime could not start "
+                f"({build_log.reason(str(exc))}); {NO_GPU_HINT}"
+            ) from None
+        if host_code_allowed:
+            # Version-compatible plans embed a lean runtime (host code); only our own
+            # verified bytes get here.
+            runtime.engine_host_code_allowed = True
+        engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise BackendError(
+            f"{where}: TensorRT could not deserialize the engine "
+            f"({build_log.reason('no reason logged')}); {REBUILD_HINT}"
+        )
+    return LoadedEngine(engine, runtime)
+
+
+def load_verified(trt: Any, logger: Any, path: Path) -> LoadedEngine:
+    """Verify ``path`` against its sidecar, then deserialize exactly the bytes that verified."""
+    path = Path(path)
+    where = f"engine {path}"
+    record = Sha256Sidecar.read(path)
+    if record is None or record.file_name != path.name:
+        raise BackendError(f"{where}: no valid .sha256 sidecar, so it is not trusted; {REBUILD_HINT}")
+    try:
+        fd = open_nofollow(path)
+    except OSError as exc:
+        raise BackendError(f"{where}: cannot open it ({exc.strerror or exc}); {REBUILD_HINT}") from None
+    with os.fdopen(fd, "rb") as handle:
+        plan = handle.read()
+    if hashlib.sha256(plan).hexdigest() != record.sha256:
+        raise BackendError(f"{where}: bytes do not match the sidecar (corrupt or truncated); {REBUILD_HINT}")
+    manifest = read_manifest(path) or {}
+    inputs = manifest.get("inputs") if isinstance(manifest.get("inputs"), dict) else {}
+    backend = inputs.get("backend")
+    if backend != "tensorrt":
+        raise BackendError(f"{where}: was built by {backend or 'an unknown backend'}, not TensorRT; {REBUILD_HINT}")
+    settings = inputs.get("build_settings") if isinstance(inputs.get("build_settings"), dict) else {}
+    version_compatible = settings.get("version_compatible") is True
+    built_with = str(inputs.get("backend_version"))
+    if not version_compatible and built_with != str(trt.__version__):
+        raise BackendError(
+            f"{where}: was built with TensorRT {built_with}, this host runs {trt.__version__} "
+            f"(a foreign plan); {REBUILD_HINT}"
+        )
+    loaded = deserialize(trt, logger, plan, host_code_allowed=version_compatible, where=where)
+    return LoadedEngine(loaded.engine, loaded.runtime, path, manifest)
+
+
+def _cudart() -> Any:
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"validate: true needs cuda-python ({exc}); install the tensorrt extra: "
+            "pip install 'provisioning[tensorrt]'"
+        ) from None
+    return cudart
+
+
+def _check(cudart: Any, call: str, result: Any) -> Any:
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise BackendError(f"CUDA {call} failed ({getattr(err, 'name', err)}); check the GPU and its driver")
+    return rest[0] if rest else None
+
+
+def run_inference(trt: Any, engine: Any, feed: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """One synchronous inference on the GPU: host arrays in, host arrays out (by tensor name)."""
+    import numpy as np
+
+    cudart = _cudart()
+    dtypes = {getattr(trt.DataType, name): dtype for name, dtype in _NUMPY_BY_TRT.items()}
+    context = engine.create_execution_context()
+    if context is None:
+        raise BackendError(f"{where}: TensorRT could not create an execution context (out of GPU memory?)")
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    host: dict[str, Any] = {}
+    outputs = []
+    for name in names:
+        dtype = dtypes.get(engine.get_tensor_dtype(name))
+        if dtype is None:
+            raise BackendError(f"{where}: tensor {name!r} has type {engine.get_tensor_dtype(name)}, "
+                               "which validation cannot read; set validate: false")
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+            if name not in feed:
+                raise BackendError(f"{where}: the engine has an input {name!r} the ONNX model does not")
+            host[name] = np.ascontiguousarray(feed[name], dtype=dtype)
+            context.set_input_shape(name, tuple(host[name].shape))
+        else:
+            outputs.append((name, dtype))
+    for name, dtype in outputs:
+        shape = tuple(context.get_tensor_shape(name))
+        if any(d < 0 for d in shape):
+            raise BackendError(f"{where}: output {name!r} has a data-dependent shape {shape}; "
+                               "validation cannot size it, set validate: false")
+        host[name] = np.empty(shape, dtype=dtype)
+    stream = _check(cudart, "cudaStreamCreate", cudart.cudaStreamCreate())
+    device: dict[str, int] = {}
+    try:
+        for name, array in host.items():
+            device[name] = _check(cudart, "cudaMalloc", cudart.cudaMalloc(max(array.nbytes, 1)))
+            context.set_tensor_address(name, int(device[name]))
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        for name in names:
+            if name not in dict(outputs):
+                _check(cudart, "cudaMemcpy", cudart.cudaMemcpy(device[name], host[name].ctypes.data,
+                                                               host[name].nbytes, h2d))
+        if not context.execute_async_v3(int(stream)):
+            raise BackendError(f"{where}: execute_async_v3 failed (see the TensorRT log)")
+        _check(cudart, "cudaStreamSynchronize", cudart.cudaStreamSynchronize(stream))
+        for name, _ in outputs:
+            _check(cudart, "cudaMemcpy", cudart.cudaMemcpy(host[name].ctypes.data, device[name],
+                                                           host[name].nbytes, d2h))
+    finally:
+        for pointer in device.values():
+            cudart.cudaFree(pointer)
+        cudart.cudaStreamDestroy(stream)
+    return {name: host[name] for name, _ in outputs}

@@ -1,0 +1,25 @@
+"""Fixtures: the fake TensorRT (10.16 and 11.4) injected as ``tensorrt``, and the test models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fake_tensorrt import FakeWorld
+from trt_helpers import VERSIONS, install_fake, write_bf16_model, write_qdq_model
+
+
+@pytest.fixture(params=sorted(VERSIONS), ids=sorted(VERSIONS))
+def world(request, monkeypatch) -> FakeWorld:
+    """A fake TensorRT of each recorded major, installed as ``tensorrt`` with a fake cuda-python."""
+    return install_fake(monkeypatch, FakeWorld(version=VERSIONS[request.param]))
+
+
+@pytest.fixture
+def models(corpus_dir: Path) -> Path:
+    """The example corpus models (a private copy), plus a Q/DQ model and a bf16-typed model."""
+    folder = corpus_dir / "models"
+    write_qdq_model(folder / "qdq.onnx")
+    write_bf16_model(folder / "bf16.onnx")
+    return folder
