@@ -31,6 +31,7 @@ from .cache import LOCK_DIR, lock_is_held, lock_path_for
 from .manifest import MANIFEST_SUFFIX, manifest_path_for
 from .schema import ENGINE_SUFFIX, EngineFilenameSchema, ParsedEngineName
 from .sidecar import SIDECAR_SUFFIX, Sha256Sidecar, is_temp_name, temp_owner_pid
+from .verify import VERIFIED_DIR
 
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -48,8 +49,9 @@ class CachedEngine:
 
     @property
     def files(self) -> tuple[Path, ...]:
-        """Sidecar first (the commit point), then the engine, then the manifest."""
-        return (Sha256Sidecar.path_for(self.path), self.path, manifest_path_for(self.path))
+        """Sidecar first (the commit point), the engine, its manifest, its verification record."""
+        record = self.path.parent / VERIFIED_DIR / (self.path.name + ".json")
+        return (Sha256Sidecar.path_for(self.path), self.path, manifest_path_for(self.path), record)
 
 
 @dataclass(frozen=True)

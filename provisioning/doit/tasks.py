@@ -25,7 +25,7 @@ from ..compiler import BackboneSpec, EngineCompiler, EngineCompileRequest
 from ..errors import ProvisioningError
 from ..host import HostCapabilities
 from ..manifest import BuildInputs, manifest_path_for
-from ..sidecar import Sha256Sidecar
+from ..sidecar import Sha256Sidecar, Verification
 from .corpus import config_path, load_corpus
 from .report import configure_console_logging, fail_fast
 
@@ -50,20 +50,47 @@ def doit_config(**overrides: Any) -> dict[str, Any]:
     return config
 
 
+class SharedVerifier:
+    """One :class:`~provisioning.verify.EngineVerifier` for all checkers of a run.
+
+    doit evaluates checkers one task at a time in its main process; the first call starts
+    hashing every existing engine on all cores, so later checkers find their result ready.
+    Nothing is hashed for commands that never ask (``doit list``, ``doit clean``).
+    """
+
+    def __init__(self, engine_paths: list[Path], mode: str = "full") -> None:
+        self._paths = engine_paths
+        self._mode = mode
+        self._verifier: Any = None
+
+    def check(self, engine_path: Path) -> Verification:
+        """Verify one engine against its sidecar (using the prefetched result when ready)."""
+        if self._verifier is None:
+            from ..verify import EngineVerifier
+
+            self._verifier = EngineVerifier(self._mode)
+            self._verifier.prefetch(p for p in self._paths if p.is_file())
+        return self._verifier.check(engine_path)
+
+
 class EngineUpToDate:
     """doit ``uptodate`` checker: True only when the cached engine verifies against today's inputs.
 
     It runs in doit's main process when ``file_dep`` is unchanged, so the ONNX is the one the
     last successful run hashed: the digest saved in ``values`` stands in for re-hashing it.
-    The engine itself is always hashed in full against its sidecar and its manifest compared
-    with today's settings, host and builder version. It never raises: an exception in an
-    uptodate callable would stop doit with exit 3, so any surprise means "run the task".
+    The engine is verified against its sidecar (hashed in full unless the config opts into
+    ``verify: stat``) and its manifest compared with today's settings, host and builder
+    version. It never raises: an exception in an uptodate callable would stop doit with
+    exit 3, so any surprise means "run the task".
     """
 
-    def __init__(self, spec: BackboneSpec, host: HostCapabilities, engine_path: Path) -> None:
+    def __init__(
+        self, spec: BackboneSpec, host: HostCapabilities, engine_path: Path, verifier: SharedVerifier | None = None
+    ) -> None:
         self.spec = spec
         self.host = host
         self.engine_path = Path(engine_path)
+        self.verifier = verifier
 
     def configure_task(self, task: Any) -> None:
         """Record which engine this success vouched for (saved with the task's values)."""
@@ -91,7 +118,8 @@ class EngineUpToDate:
             backend=self.host.backend,
             backend_version=self.host.backend_version,
         )
-        return check_entry(self.engine_path, self.spec.model_name, expected).hit
+        verify = self.verifier.check if self.verifier is not None else None
+        return check_entry(self.engine_path, self.spec.model_name, expected, verify=verify).hit
 
     def __repr__(self) -> str:
         return f"EngineUpToDate({self.engine_path.name!r})"
@@ -182,6 +210,7 @@ def engine_tasks(
         "doc": f"compile or reuse the engines of {path.name} ({corpus.host.backend}, cache {corpus.cache_dir})",
     }
     kwargs = {"backend_factory": backend_factory} if backend_factory is not None else {}
+    verifier = SharedVerifier([corpus.engine_path(s) for s in corpus.specs], corpus.config.verify)
     for spec in corpus.specs:
         engine = corpus.engine_path(spec)
         yield {
@@ -191,7 +220,7 @@ def engine_tasks(
             "actions": [(compile_backbone, [spec, corpus.host, str(corpus.cache_dir)], kwargs)],
             "file_dep": [str(p) for p in spec.source_files] + [str(path)],
             "targets": [str(engine)],
-            "uptodate": [EngineUpToDate(spec, corpus.host, engine)],
+            "uptodate": [EngineUpToDate(spec, corpus.host, engine, verifier)],
             "clean": [(clean_engine, [str(engine)])],
             "verbosity": 2,  # stream BUILT/REUSED lines and heartbeats as they happen
             "meta": {"engine": str(engine), "model_name": spec.model_name},
