@@ -23,3 +23,15 @@ def models(corpus_dir: Path) -> Path:
     write_qdq_model(folder / "qdq.onnx")
     write_bf16_model(folder / "bf16.onnx")
     return folder
+
+
+@pytest.fixture
+def world10(monkeypatch) -> FakeWorld:
+    """The fake TensorRT 10.16 only (for 10.x-specific behaviour)."""
+    return install_fake(monkeypatch, FakeWorld(version=VERSIONS["trt10"]))
+
+
+@pytest.fixture
+def world11(monkeypatch) -> FakeWorld:
+    """The fake TensorRT 11.4 only (for 11.x-specific behaviour)."""
+    return install_fake(monkeypatch, FakeWorld(version=VERSIONS["trt11"]))

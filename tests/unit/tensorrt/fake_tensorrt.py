@@ -393,7 +393,9 @@ def make_fake_tensorrt(world: FakeWorld) -> types.ModuleType:
                  "IOptimizationProfile", "ITimingCache", "IHostMemory", "IBuilderConfig", "Builder", "Runtime",
                  "ICudaEngine", "IExecutionContext"):
         cls = local[name]
-        if name not in ("ILogger",):  # ILogger's severities live on the class in every version
+        if name not in classes:
+            continue  # absent in this version (IProgressMonitor before 10.0)
+        if name != "ILogger":  # ILogger's severities live on the class in every version
             _prune(cls, classes[name])
         setattr(trt, name, cls)
     return trt

@@ -66,3 +66,16 @@ def test_manifest_records_enum_names_not_integers(world, models, tmp_path):
     assert notes["builder_flags"] == ["VERSION_COMPATIBLE"]
     assert notes["hardware_compatibility_level"] == "NONE"
     json.dumps(notes)  # plain JSON all the way
+
+
+def test_new_tensorrt_version_builds_a_new_engine_instead_of_loading_the_old(models, tmp_path, monkeypatch):
+    from fake_tensorrt import FakeWorld
+    from trt_helpers import VERSIONS, install_fake
+
+    cache = tmp_path / "cache"
+    old = install_fake(monkeypatch, FakeWorld(version=VERSIONS["trt10"]))
+    before = compile_one(cache, gpu_host(old), spec(models)).by_name()["det"]
+    new = install_fake(monkeypatch, FakeWorld(version=VERSIONS["trt11"]))
+    after = compile_one(cache, gpu_host(new), spec(models)).by_name()["det"]
+    assert after.outcome is CompileOutcome.BUILT and len(new.builds) == 1
+    assert after.entry.path != before.entry.path and Sha256Sidecar.verify(before.entry.path)

@@ -1,0 +1,101 @@
+"""Validation against ONNX Runtime (real) through cuda.bindings (fake), and loading cached engines."""
+
+from __future__ import annotations
+
+import pytest
+
+from provisioning.backends.tensorrt import load_verified_engine
+from provisioning.compiler import EngineCompiler, EngineCompileRequest
+from provisioning.backends.onnxruntime import OnnxRuntimeBackend
+from provisioning.errors import BackendError, BackendUnavailableError
+from provisioning.host import HostCapabilities
+from provisioning.manifest import read_manifest
+from trt_helpers import VERSIONS, compile_one, gpu_host, install_fake, spec
+from fake_tensorrt import FakeWorld
+
+
+def test_validate_runs_one_inference_and_records_it(world, models, tmp_path):
+    summary = compile_one(tmp_path / "cache", gpu_host(world), spec(models, "cls", validate=True))
+    assert read_manifest(summary.by_name()["cls"].entry.path)["build"]["notes"]["validated"] is True
+    assert world.cudart.copies == ["cudaMemcpyHostToDevice", "cudaMemcpyDeviceToHost"]
+    assert world.cudart.live == {} and world.cudart.streams == set()  # every buffer and stream released
+
+
+def test_outputs_off_by_more_than_the_tolerance_are_not_published(world, models, tmp_path):
+    world.output_offset = 0.05
+    cache = tmp_path / "cache"
+    with pytest.raises(BackendError, match=r"validation against ONNX Runtime failed \(fp32 tolerance\): output "):
+        compile_one(cache, gpu_host(world), spec(models, "det", validate=True))
+    assert not list(cache.glob("*.engine"))
+    assert world.cudart.live == {}
+
+
+def test_tolerance_depends_on_precision(world10, models, tmp_path):
+    world10.output_offset = 0.01  # inside fp16's tolerance, outside fp32's
+    summary = compile_one(tmp_path / "cache", gpu_host(world10), spec(models, "det", precision="fp16", validate=True))
+    assert summary.built == 1
+    with pytest.raises(BackendError, match="fp32 tolerance"):
+        compile_one(tmp_path / "cache", gpu_host(world10), spec(models, "det", validate=True))
+
+
+def test_validate_without_cuda_python_says_how_to_install(world, models, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)
+    with pytest.raises(BackendUnavailableError, match=r"validate: true needs cuda-python"):
+        compile_one(tmp_path / "cache", gpu_host(world), spec(models, "det", validate=True))
+
+
+def test_load_verified_engine_loads_a_cached_engine(world, models, tmp_path):
+    summary = compile_one(tmp_path / "cache", gpu_host(world), spec(models))
+    loaded = load_verified_engine(summary.by_name()["det"].entry.path)
+    assert loaded.engine.num_io_tensors == 2
+    assert loaded.manifest["model_name"] == "det"
+
+
+def test_tampered_engine_is_never_deserialized(world, models, tmp_path):
+    engine = compile_one(tmp_path / "cache", gpu_host(world), spec(models)).by_name()["det"].entry.path
+    engine.write_bytes(engine.read_bytes() + b"x")
+    runtimes = len(world.runtimes)
+    with pytest.raises(BackendError, match="bytes do not match the sidecar"):
+        load_verified_engine(engine)
+    assert len(world.runtimes) == runtimes  # TensorRT never saw the bytes
+
+
+def test_engine_without_sidecar_is_not_trusted(world, models, tmp_path):
+    engine = compile_one(tmp_path / "cache", gpu_host(world), spec(models)).by_name()["det"].entry.path
+    (engine.parent / (engine.name + ".sha256")).unlink()
+    with pytest.raises(BackendError, match="no valid .sha256 sidecar"):
+        load_verified_engine(engine)
+
+
+def test_plan_of_another_tensorrt_version_is_rejected_as_foreign(models, tmp_path, monkeypatch):
+    old = install_fake(monkeypatch, FakeWorld(version=VERSIONS["trt10"]))
+    engine = compile_one(tmp_path / "cache", gpu_host(old), spec(models)).by_name()["det"].entry.path
+    install_fake(monkeypatch, FakeWorld(version=VERSIONS["trt11"]))
+    with pytest.raises(BackendError, match=r"built with TensorRT 10.16.1.11, this host runs 11.4.0.106 \(a foreign plan\)"):
+        load_verified_engine(engine)
+
+
+def test_plan_of_another_gpu_is_rejected_with_tensorrt_reason(world, models, tmp_path, monkeypatch):
+    engine = compile_one(tmp_path / "cache", gpu_host(world), spec(models)).by_name()["det"].entry.path
+    monkeypatch.setattr(world, "compute_capability", (8, 9))  # the cache was copied to an L4 host
+    with pytest.raises(BackendError, match="incompatible device, expecting compute 8.9 got 9.0.*rebuild it"):
+        load_verified_engine(engine)
+
+
+def test_version_compatible_plan_loads_on_a_newer_tensorrt_with_host_code(models, tmp_path, monkeypatch):
+    old = install_fake(monkeypatch, FakeWorld(version="10.16.1.11"))
+    engine = compile_one(tmp_path / "cache", gpu_host(old),
+                         spec(models, version_compatible=True)).by_name()["det"].entry.path
+    newer = install_fake(monkeypatch, FakeWorld(version="10.17.0.2"))
+    loaded = load_verified_engine(engine)
+    assert loaded.runtime.engine_host_code_allowed is True and newer.runtimes == [loaded.runtime]
+
+
+def test_onnxruntime_engine_is_not_taken_for_a_plan(world, models, tmp_path, monkeypatch):
+    host = HostCapabilities("onnxruntime", "1.32.0", "x86_64", ("avx2",))
+    request = EngineCompileRequest(backbones=(spec(models),), cache_dir=tmp_path / "cache", host=host)
+    engine = EngineCompiler(OnnxRuntimeBackend(), heartbeat_s=0).compile_engines_for_corpus(request).results[0].entry.path
+    with pytest.raises(BackendError, match="was built by onnxruntime, not TensorRT"):
+        load_verified_engine(engine)
