@@ -69,6 +69,7 @@ class EnginesStatus(_EnginesCommand):
         scan = scan_cache(corpus.cache_dir)
         rows = backbone_statuses(corpus, scan)
         totals = status_totals(corpus, scan, rows)
+        remote = _remote_states(corpus)
         if params["json"]:
             document = {
                 "config": str(path), "cache_dir": str(corpus.cache_dir), "backend": corpus.host.backend,
@@ -77,9 +78,15 @@ class EnginesStatus(_EnginesCommand):
                 "foreign": [r.as_dict() for r in rows if r.state == "foreign"],
                 "totals": totals,
             }
+            if remote is not None:
+                document["remote"] = remote["url"]
+                for row in document["backbones"]:
+                    row["remote"] = remote["states"].get(row["model_name"])
             print(json.dumps(document, indent=2))
         else:
             print(render_status(corpus, rows, totals))
+            if remote is not None:
+                print(f"remote {remote['url']}: " + ", ".join(f"{m} {st}" for m, st in remote["states"].items()))
         return 0 if totals["fresh"] == totals["backbones"] else 1
 
     @staticmethod
@@ -118,10 +125,15 @@ class EnginesGc(_EnginesCommand):
          "help": "size budget for the cache, e.g. 500M or 20G (least recently used engines go first)"},
         {"name": "keep_foreign", "long": "keep-foreign", "type": bool, "default": False,
          "help": "keep other hosts' engines (a cache folder shared between hosts)"},
+        {"name": "remote", "long": "remote", "type": bool, "default": False,
+         "help": "plan on the remote bucket instead: this host key's superseded entries and hosts not seen for "
+                 "remote.host_max_age_days"},
         opt_json,
     )
 
     def run(self, params: dict[str, Any]) -> int:
+        if params.get("remote"):
+            return _remote_gc(params)
         max_size = None
         if params["max_size"]:
             try:
@@ -176,6 +188,29 @@ class EnginesKey(_EnginesCommand):
         key, prefix = cache_key(load_corpus(config_path(params["config"] or None)))
         print(prefix if params["prefix"] else key)
         return 0
+
+
+def _remote_states(corpus: Any) -> dict[str, Any] | None:
+    """The remote column of engines-status; None when the config has no remote block."""
+    if corpus.config.remote is None:
+        return None
+    from ..remote.report import remote_states  # fsspec loads only for configs with a remote
+
+    return remote_states(corpus.config, ((s.model_name, corpus.host_key(s), corpus.engine_path(s).name)
+                                         for s in corpus.specs))
+
+
+def _remote_gc(params: dict[str, Any]) -> int:
+    """``engines-gc --remote``: the same policies on the bucket (see provisioning.remote.report)."""
+    from ..remote.report import remote_gc
+
+    corpus = load_corpus(config_path(params["config"] or None))
+    report = remote_gc(corpus.config, {corpus.host_key(s) for s in corpus.specs}, engine_file_names(corpus),
+                       apply=params["apply"])
+    if report is None:
+        return _error(f"engines-gc --remote: {corpus.config.config_path} has no enabled remote: block", USAGE_ERROR)
+    print(json.dumps(report.as_dict(), indent=2) if params["json"] else report.render(human_bytes))
+    return 0
 
 
 def _error(message: str, code: int) -> int:

@@ -80,7 +80,7 @@ class RemoteCache:
                 extra={"event": "remote_discard", "model_name": model_name, "reason": str(exc)},
             )
         except Exception as exc:  # a remote failure must never fail the build
-            self._disable(f"fetch of {where} failed: {_summary(exc)}", model_name)
+            self._disable(f"fetch of {where} failed ({_summary(exc, self.config.timeout_s)})", model_name)
         return None
 
     def _sidecar_or_wait(self, engine_path: Path, host_key: str, name: str) -> bytes | None:
@@ -102,7 +102,7 @@ class RemoteCache:
                         self._leases[name] = lease
                         return None  # this host builds; publish() uploads and releases
                 except ConditionalWriteUnsupported as exc:
-                    self._leases_supported = False
+                    self._leases_supported = True
                     log.warning("remote cache %s refuses conditional writes (%s); hosts may build the same "
                                 "engine concurrently", cfg.url, exc)
                     return None
@@ -224,7 +224,8 @@ class RemoteCache:
             if self.config.writable and self.disabled_reason is None:
                 self._upload_with_retries(entry)
         except Exception as exc:  # never fail a build that succeeded locally
-            log.warning("remote cache: upload of %s skipped: %s", entry.file_name, _summary(exc))
+            log.warning("remote cache: upload of %s skipped (%s); the local engine is published",
+                        entry.file_name, _summary(exc, self.config.timeout_s))
         finally:
             if lease is not None:
                 lease.release()
@@ -247,8 +248,8 @@ class RemoteCache:
                 if time.monotonic() + backoff >= deadline:
                     self._disable(
                         f"upload of {entry.file_name} failed after {attempt} attempt(s) in "
-                        f"{time.monotonic() - started:.1f} s: {_summary(exc)}; the local engine is published",
-                        entry.model_name, consequence="the fleet will build it again",
+                        f"{time.monotonic() - started:.1f} s ({_summary(exc, cfg.timeout_s)})",
+                        entry.model_name, consequence="the local engine is published",
                     )
                     return
                 time.sleep(backoff)
@@ -293,7 +294,8 @@ class RemoteCache:
     def _disable(self, reason: str, model_name: str, consequence: str = "building locally") -> None:
         self.disabled_reason = reason
         log.warning(
-            "remote cache %s: %s; %s, remote cache off for the rest of this run", self.config.url, reason, consequence,
+            "remote cache %s: %s; %s, remote cache off for the rest of this run "
+            "(check remote.endpoint_url, the network and AWS_* credentials)", self.config.url, reason, consequence,
             extra={"event": "remote_unavailable", "model_name": model_name, "reason": reason},
         )
 
@@ -305,7 +307,9 @@ def _left(deadline: float) -> float:
     return left
 
 
-def _summary(exc: BaseException) -> str:
+def _summary(exc: BaseException, timeout_s: float | None = None) -> str:
+    if isinstance(exc, TimeoutError) and timeout_s is not None:  # fsspec's FSTimeoutError included
+        return f"no answer within timeout_s {timeout_s:g} s"
     text = str(exc).splitlines()[0] if str(exc) else ""
     name = type(exc).__name__
     return f"{name}: {text[:200]}" if text else name

@@ -1,0 +1,49 @@
+"""Fleet simulation: 4 processes, separate caches, one host identity, one bucket."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from provisioning import Sha256Sidecar
+from provisioning.cache import read_events
+
+from ..conftest import REPO
+from .conftest import S3_ENV, make_host, remote_block, s3fs_client
+
+HOSTS = 4
+
+
+def test_each_engine_is_built_once_across_a_racing_fleet(tmp_path, corpus_dir, s3_server, bucket):
+    hosts = [make_host(tmp_path, f"host{i}", corpus_dir, remote_block(s3_server.endpoint, bucket))
+             for i in range(HOSTS)]
+    env = {**os.environ, **S3_ENV, "PYTHONPATH": str(REPO)}
+    start_at = time.time() + 2.0  # every host is imported and ready before the race begins
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.remote.fleet_worker", str(h.config_path), str(start_at)],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for h in hosts]
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=90)
+        assert proc.returncode == 0, err[-2000:]
+        outputs.append(json.loads(out.strip().splitlines()[-1]))
+
+    built = {}
+    for host, results in zip(hosts, outputs):
+        for r in results:
+            if r["outcome"] == "BUILT":
+                built[r["model"]] = built.get(r["model"], 0) + 1
+            else:
+                assert r["outcome"] == "REUSED" and r["source"] == "remote", r
+        events = [e for e in read_events(host.cache_dir) if e["outcome"] == "REUSED"]
+        assert all(e["source"] == "remote" and e["fetch_bytes"] > 0 for e in events)
+        for engine in host.cache_dir.glob("*.engine"):
+            assert Sha256Sidecar.verify(engine)
+    assert built == {"det": 1, "cls": 1, "emb": 1}, f"compiles across the fleet: {built}"
+    for model in ("det", "cls", "emb"):
+        assert len({r["sha256"] for results in outputs for r in results if r["model"] == model}) == 1
+    leases = [p for p in s3fs_client(s3_server.endpoint).find(f"{bucket}/engines") if p.endswith("/lease")]
+    assert leases == [], "every lease is released once its engine is uploaded"
