@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import BackendUnavailableError, NoGpuError
+from .errors import NoGpuError
 from .host import TRT_DISTRIBUTIONS, GpuInfo, installed_version
 
 NO_GPU_HINT = (
@@ -24,14 +24,11 @@ def tensorrt_version() -> str:
     version = installed_version(TRT_DISTRIBUTIONS)
     if version is not None:
         return version
-    try:
-        import tensorrt  # noqa: F401 - a tarball install has no package metadata
-    except Exception as exc:  # ImportError, or OSError from a missing libnvinfer
-        raise BackendUnavailableError(
-            f"TensorRT is not usable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            "install the tensorrt extra from NVIDIA's package index (README: TensorRT)"
-        ) from None
-    return str(tensorrt.__version__)
+    # A tarball or distribution-package install has no package metadata: ask the module
+    # itself, through the backend (the one place that imports tensorrt).
+    from .backends.tensorrt import import_tensorrt
+
+    return str(import_tensorrt().__version__)
 
 
 def _visible_selector() -> list[str] | None:
