@@ -20,8 +20,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..cache import check_entry, lock_path_for
+from ..cache import check_entry
 from ..compiler import BackboneSpec, EngineCompiler, EngineCompileRequest
+from ..config import ProvisioningConfig
 from ..errors import ProvisioningError
 from ..host import HostCapabilities
 from ..manifest import BuildInputs, manifest_path_for
@@ -125,21 +126,6 @@ class EngineUpToDate:
         return f"EngineUpToDate({self.engine_path.name!r})"
 
 
-class _OneBuildPerGpu:
-    """Wraps a TensorRT backend so builds sharing one GPU run one at a time (fair timings)."""
-
-    def __init__(self, inner: Any, lock_path: Path) -> None:
-        self._inner = inner
-        self._lock_path = lock_path
-
-    def compile_engine(self, spec: BackboneSpec, host: HostCapabilities, output: Any) -> None:
-        from filelock import FileLock
-
-        output.progress("waiting for the GPU", self._lock_path.name)
-        with FileLock(str(self._lock_path)):
-            self._inner.compile_engine(spec, host, output)
-
-
 def _default_backend(name: str) -> Any:
     from ..compose import make_backend
 
@@ -147,19 +133,29 @@ def _default_backend(name: str) -> Any:
 
 
 def compile_backbone(
-    spec: BackboneSpec, host: HostCapabilities, cache_dir: str, backend_factory: BackendFactory | None = None
+    spec: BackboneSpec, host: HostCapabilities, config: ProvisioningConfig,
+    backend_factory: BackendFactory | None = None,
 ) -> Any:
-    """The task action: reuse or build one backbone; JSON-only values, TaskFailed on a known error."""
+    """The task action: reuse or build one backbone; JSON-only values, TaskFailed on a known error.
+
+    The compiler is wired as :func:`~provisioning.compose.build_engine_compiler` wires it
+    (the config's remote cache included), with the backend from ``backend_factory``.
+    """
     from doit.exceptions import TaskFailed
 
     configure_console_logging()
-    cache = Path(cache_dir)
+    cache = Path(config.cache_dir)
     try:
         backend = (backend_factory or _default_backend)(host.backend)
-        if host.backend == "tensorrt" and host.gpu is not None:
-            backend = _OneBuildPerGpu(backend, lock_path_for(cache / f"gpu-{host.gpu.uuid}"))
+        # TensorRT builds sharing a GPU take turns inside the backend (its device lock), so
+        # `doit -n N` runs ONNX Runtime builds and verifications in parallel, GPU builds in turn
+        remote = None
+        if config.remote is not None:
+            from ..remote import make_remote_cache  # its libraries load only for configs that use one
+
+            remote = make_remote_cache(config)
         request = EngineCompileRequest(backbones=(spec,), cache_dir=cache, host=host)
-        result = EngineCompiler(backend).compile_engines_for_corpus(request).results[0]
+        result = EngineCompiler(backend, remote=remote).compile_engines_for_corpus(request).results[0]
     except (ProvisioningError, OSError) as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return TaskFailed(f"FAILED {spec.model_name}: {text}\n")
@@ -217,7 +213,7 @@ def engine_tasks(
             "basename": basename,
             "name": spec.model_name,
             "doc": f"{spec.model_name} -> {engine.name}",
-            "actions": [(compile_backbone, [spec, corpus.host, str(corpus.cache_dir)], kwargs)],
+            "actions": [(compile_backbone, [spec, corpus.host, corpus.config], kwargs)],
             "file_dep": [str(p) for p in spec.source_files] + [str(path)],
             "targets": [str(engine)],
             "uptodate": [EngineUpToDate(spec, corpus.host, engine, verifier)],
