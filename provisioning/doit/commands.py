@@ -12,6 +12,7 @@ folder unusable, 69 no GPU), always with one line on stderr.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -46,6 +47,9 @@ class _EnginesCommand(Command):
             return self.run(dict(params))
         except ProvisioningError as exc:
             return _error(str(exc).splitlines()[0], exc.exit_code)
+        except BrokenPipeError:  # `doit engines-status | head`: the reader left, not an error of ours
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
 
     def run(self, params: dict[str, Any]) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
