@@ -47,3 +47,28 @@ def test_each_engine_is_built_once_across_a_racing_fleet(tmp_path, corpus_dir, s
         assert len({r["sha256"] for results in outputs for r in results if r["model"] == model}) == 1
     leases = [p for p in s3fs_client(s3_server.endpoint).find(f"{bucket}/engines") if p.endswith("/lease")]
     assert leases == [], "every lease is released once its engine is uploaded"
+
+
+class _FailingBackend:
+    def compile_engine(self, spec, host, output):
+        raise RuntimeError("the builder ran out of memory")
+
+
+def test_a_failed_build_releases_its_lease_so_another_host_takes_over(tmp_path, corpus_dir, s3_server, bucket):
+    import pytest
+
+    from provisioning import EngineCompiler
+
+    block = remote_block(s3_server.endpoint, bucket)  # lease_s 2
+    failing = make_host(tmp_path, "failing", corpus_dir, block)
+    _, remote, _ = failing.compiler()
+    with pytest.raises(RuntimeError):
+        failing.provision(EngineCompiler(_FailingBackend(), heartbeat_s=0, remote=remote))
+    fs = s3fs_client(s3_server.endpoint)
+    deadline = time.monotonic() + 5
+    while any(p.endswith("/lease") for p in fs.find(f"{bucket}/engines")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(p.endswith("/lease") for p in fs.find(f"{bucket}/engines")), "the failed builder kept its lease"
+    started = time.monotonic()
+    summary = make_host(tmp_path, "next", corpus_dir, block).provision()
+    assert summary.built == 3 and time.monotonic() - started < 5, "the next host waited on a dead lease"
