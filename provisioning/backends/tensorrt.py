@@ -134,7 +134,9 @@ class TensorRTBackend:
         config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level)
         profile = _optimization_profile(builder, network, spec, where)
         config.add_optimization_profile(profile[0])
-        config.progress_monitor = make_progress_monitor(trt, output.progress)
+        # Keep a Python reference for the whole build: the config holds only a C++ pointer.
+        monitor = make_progress_monitor(trt, output.progress)
+        config.progress_monitor = monitor
         cache_dir = output.path.parent
         timing_path = timing_cache_path(cache_dir, host)
 
@@ -156,6 +158,7 @@ class TensorRTBackend:
             if spec.validate:
                 output.progress("validate", "one inference vs. ONNX Runtime on the CPU")
                 self._validate(trt, loaded, spec, where)
+        del monitor  # the build is over; TensorRT will not call it again
         notes = {
             "tensorrt_version": str(trt.__version__),
             **prepared.notes,
