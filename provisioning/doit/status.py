@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from ..cache import check_entry
@@ -139,11 +138,3 @@ def cache_key(corpus: LoadedCorpus) -> tuple[str, str]:
 def engine_file_names(corpus: LoadedCorpus) -> list[str]:
     """Today's engine file names on this host."""
     return [corpus.engine_path(spec).name for spec in corpus.specs]
-
-
-def display_path(path: Path) -> str:
-    """A path relative to the working folder when it is inside it (shorter tables)."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
