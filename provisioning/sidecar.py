@@ -10,6 +10,7 @@ No path here is ever followed through a symlink.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -18,7 +19,7 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, ContextManager, Union
 
 CHUNK_BYTES = 4 * 1024 * 1024  # large reads: hashing runs at the CPU's SHA speed
 TEMP_SUFFIX = ".incomplete"
@@ -30,17 +31,24 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 Payload = Union[bytes, bytearray, memoryview, Path]
 
 
-def hash_fd(fd: int) -> tuple[str, int]:
-    """SHA-256 and length of everything readable from ``fd`` (streamed, no whole-file read)."""
+def hash_fd(fd: int, chunk_guard: ContextManager[object] | None = None) -> tuple[str, int]:
+    """SHA-256 and length of everything readable from ``fd`` (streamed, no whole-file read).
+
+    ``chunk_guard`` is entered around each read-and-hash step; a verifier uses it to hold
+    its hashing threads between chunks while the process forks, or to stop them early.
+    """
     digest = hashlib.sha256()
-    buffer = bytearray(CHUNK_BYTES)
+    buffer = bytearray(CHUNK_BYTES)  # one buffer, filled in place: no copy per chunk
     view = memoryview(buffer)
+    guard = chunk_guard if chunk_guard is not None else contextlib.nullcontext()
     total = 0
     while True:
-        n = os.readv(fd, [buffer])
+        with guard:
+            n = os.readv(fd, [buffer])
+            if n:
+                digest.update(view[:n])  # releases the GIL: other threads hash meanwhile
         if not n:
             break
-        digest.update(view[:n])
         total += n
     return digest.hexdigest(), total
 
@@ -246,8 +254,11 @@ class Sha256Sidecar:
         return sha256, size
 
     @classmethod
-    def check(cls, engine_path: Path) -> Verification:
-        """Verify ``engine_path`` against its sidecar, saying why when it does not verify."""
+    def check(cls, engine_path: Path, chunk_guard: ContextManager[object] | None = None) -> Verification:
+        """Verify ``engine_path`` against its sidecar, saying why when it does not verify.
+
+        ``chunk_guard`` is handed to :func:`hash_fd` (see there).
+        """
         record = cls.read(engine_path)
         sidecar = cls.path_for(engine_path)
         if record is None:
@@ -267,7 +278,7 @@ class Sha256Sidecar:
                 return Verification(False, "engine path is a symlink; not followed")
             return Verification(False, f"engine unreadable ({exc.strerror or exc})")
         try:
-            sha256, size = hash_fd(fd)
+            sha256, size = hash_fd(fd, chunk_guard)
         finally:
             os.close(fd)
         if sha256 != record.sha256:

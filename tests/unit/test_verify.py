@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import multiprocessing
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -64,3 +67,71 @@ def test_verifier_prefetches_many_engines_in_parallel(tmp_path):
     results = [verifier.check(p) for p in paths]
     verifier.close()
     assert [r.ok for r in results] == [True, True, True, False, True, True]
+
+
+def _sparse_engine(folder: Path, size: int) -> Path:
+    """A large engine that costs no disk: a sparse file of zeros, with its real sidecar."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "big.engine"
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+    digest = hashlib.sha256()
+    zeros = bytes(1 << 20)
+    for _ in range(size >> 20):
+        digest.update(zeros)
+    Sha256Sidecar.path_for(path).write_text(Sha256Sidecar.format_line(digest.hexdigest(), path.name))
+    return path
+
+
+_INHERITED: dict[str, EngineVerifier] = {}
+
+
+def _fork_and_verify(paths: list[str], queue) -> None:
+    # A child forked while the parent's workers hash; it asks the verifier it inherited,
+    # whose worker threads do not exist here: it must answer, not wait for them forever.
+    verifier = _INHERITED["verifier"]
+    queue.put([verifier.check(Path(p)).ok for p in paths])
+
+
+def test_forking_while_hashing_leaves_a_child_that_works_and_a_parent_that_finishes(tmp_path):
+    big = [_sparse_engine(tmp_path / str(i), 64 << 20) for i in range(4)]
+    small = _engine(tmp_path)
+    small.write_bytes(b"corrupt")
+    verifier = EngineVerifier("full", workers=2)
+    verifier.prefetch([*big, small])
+    _INHERITED["verifier"] = verifier
+    context = multiprocessing.get_context("fork")
+    for _ in range(3):  # forks land at different points of the workers' chunks
+        queue = context.Queue()
+        child = context.Process(target=_fork_and_verify, args=([str(big[-1]), str(small)], queue))
+        child.start()
+        child.join(timeout=60)
+        assert child.exitcode == 0, "the forked child hung or crashed"
+        assert queue.get(timeout=5) == [True, False]
+    assert [verifier.check(p).ok for p in (*big, small)] == [True, True, True, True, False]
+    verifier.close()
+
+
+def test_a_checked_engine_that_no_worker_started_is_verified_by_the_caller(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    good, bad = _engine(tmp_path / "a"), _engine(tmp_path / "b")
+    bad.write_bytes(b"flipped")
+    verifier = EngineVerifier("full", workers=1)
+    verifier.close()  # no worker will ever run: the caller must do the work itself
+    verifier.prefetch([good, bad])
+    assert verifier.check(good).ok
+    assert not verifier.check(bad).ok
+
+
+def test_close_stops_the_hashing_threads_within_a_chunk(tmp_path):
+    big = _sparse_engine(tmp_path, 2 << 30)  # well over a second of hashing at full speed
+    verifier = EngineVerifier("full", workers=2)
+    verifier.prefetch([big])
+    time.sleep(0.05)
+    started = time.monotonic()
+    verifier.close()
+    for thread in [t for t in threading.enumerate() if t.name == "verify"]:
+        thread.join(timeout=5)
+    assert time.monotonic() - started < 0.5
+    assert not [t for t in threading.enumerate() if t.name == "verify"]
