@@ -18,8 +18,9 @@ HOSTS = 4
 
 
 def test_each_engine_is_built_once_across_a_racing_fleet(tmp_path, corpus_dir, s3_server, bucket):
-    hosts = [make_host(tmp_path, f"host{i}", corpus_dir, remote_block(s3_server.endpoint, bucket))
-             for i in range(HOSTS)]
+    # lease_s well above a renewal's worst delay on a loaded 2-core runner (expiry means "builder dead").
+    block = remote_block(s3_server.endpoint, bucket, lease_s=10)
+    hosts = [make_host(tmp_path, f"host{i}", corpus_dir, block) for i in range(HOSTS)]
     env = {**os.environ, **S3_ENV, "PYTHONPATH": str(REPO)}
     start_at = time.time() + 2.0  # every host is imported and ready before the race begins
     procs = [subprocess.Popen([sys.executable, "-m", "tests.remote.fleet_worker", str(h.config_path), str(start_at)],
