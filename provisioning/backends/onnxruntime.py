@@ -75,7 +75,11 @@ class OnnxRuntimeBackend:
         quiet = _QuantizerAdvice()
         root.addFilter(quiet)
         try:
-            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+            import onnx
+
+            # A ModelProto, not a path: given a path, the quantizer writes '<model>-inferred.onnx'
+            # beside the source, which collides between processes and fails in read-only folders.
+            quantize_dynamic(onnx.load_model(str(source)), str(target), weight_type=QuantType.QInt8)
         except Exception as exc:
             raise BackendError(f"backbone {model_name}: int8 dynamic quantization failed: {_first_line(exc)}") from exc
         finally:

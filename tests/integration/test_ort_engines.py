@@ -96,6 +96,21 @@ def test_third_party_silero_vad_compiles_and_runs(tmp_path):
     assert [r.outcome for r in again] == [CompileOutcome.REUSED] * 2
 
 
+def test_models_in_a_read_only_folder_compile(corpus_yaml):
+    """Building never writes beside the source model (shared or read-only model folders)."""
+    models = corpus_yaml.parent / "models"
+    if subprocess.run(["chattr", "+i", str(models)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available on this file system")
+    try:
+        probe = models / "probe"
+        with pytest.raises(OSError):
+            probe.write_text("x")
+        _, summary = _compile(corpus_yaml)  # includes int8 quantisation of emb (external data)
+        assert [r.outcome for r in summary] == [CompileOutcome.BUILT] * 3
+    finally:
+        subprocess.run(["chattr", "-i", str(models)], check=True)
+
+
 def test_validate_true_runs_the_engine_against_the_source(corpus_dir):
     config_path = write_corpus_yaml(corpus_dir, [
         {"model_name": "det", "onnx": "models/det.onnx", "validate": True},
