@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,6 +31,24 @@ DEFAULT_WORKSPACE_MB = 4096
 MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 MAX_DIM = 2**31 - 1
 MAX_ELEMENTS = 2**34
+
+# Values echoed in error messages are cut short: a YAML alias bomb expands to billions of
+# elements, and a full repr() of it would take the memory and the screen.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 1, 6, 4, 60, 60
+
+
+def _shown(value: Any) -> str:
+    """A bounded repr of a user's value for an error message."""
+    return _SHORT.repr(value)
+
+
+def _names(keys: Any) -> str:
+    """At most five key names, each bounded, for an 'unknown key(s)' message."""
+    names = sorted(_SHORT.repr(k) if not isinstance(k, str) else _SHORT.repr(k)[1:-1] for k in keys)
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return ", ".join(names[:5]) + more
+
 
 _TOP_KEYS = ("cache_dir", "backend", "workspace_mb", "verify", "backbones", "remote")
 _BACKBONE_KEYS = (
@@ -102,7 +121,7 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, 
         if duplicate:
             line = key_node.start_mark.line + 1
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (line {line})", key_node.start_mark
+                None, None, f"duplicate key {_shown(key)} (line {line})", key_node.start_mark
             )
         seen[key] = True
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
@@ -146,6 +165,8 @@ def load_config(path: str | os.PathLike[str]) -> ProvisioningConfig:
         raise where.error("contains a NUL byte; the config must be plain YAML text")
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise where.error("invalid YAML: collections are nested too deeply; flatten the document") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -159,9 +180,9 @@ def parse_config(data: Any, config_path: Path) -> ProvisioningConfig:
     where = _Where(config_path)
     if not isinstance(data, dict):
         raise where.error("the top level must be a mapping with a 'backbones' list")
-    unknown = sorted(str(k) for k in data if k not in _TOP_KEYS)
+    unknown = [k for k in data if k not in _TOP_KEYS]
     if unknown:
-        raise where.error(f"unknown key(s) {', '.join(unknown)}; allowed keys are {', '.join(_TOP_KEYS)}")
+        raise where.error(f"unknown key(s) {_names(unknown)}; allowed keys are {', '.join(_TOP_KEYS)}")
     base = config_path.parent
 
     cache_dir = _path_field(data.get("cache_dir", "build/engines"), base, where, key="cache_dir")
@@ -210,17 +231,16 @@ def _parse_backbone(raw: Any, index: int, base: Path, where: _Where, backend: st
     if name is None:
         raise where.error("missing", backbone=label, key="model_name")
     if not isinstance(name, str) or not MODEL_NAME_RE.fullmatch(name):
-        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
         raise where.error(
-            f"invalid name {shown}: use 1-64 letters, digits, '_' or '-', starting with a "
+            f"invalid name {_shown(name)}: use 1-64 letters, digits, '_' or '-', starting with a "
             "letter or digit (it becomes part of a file name in the cache)",
             backbone=label,
             key="model_name",
         )
-    unknown = sorted(str(k) for k in raw if k not in _BACKBONE_KEYS)
+    unknown = [k for k in raw if k not in _BACKBONE_KEYS]
     if unknown:
         raise where.error(
-            f"unknown key(s) {', '.join(unknown)}; allowed keys are {', '.join(_BACKBONE_KEYS)}",
+            f"unknown key(s) {_names(unknown)}; allowed keys are {', '.join(_BACKBONE_KEYS)}",
             backbone=name,
         )
     if "onnx" not in raw:
@@ -277,13 +297,13 @@ def _parse_inputs(raw: Any, where: _Where, name: str) -> dict[str, InputShape]:
                 "must be a shape like [1, 3, 224, 224] or {min: [...], opt: [...], max: [...]}",
                 backbone=name, key=key,
             )
-        extra = sorted(str(k) for k in spec if k not in ("min", "opt", "max"))
+        extra = [k for k in spec if k not in ("min", "opt", "max")]
         missing = [k for k in ("min", "opt", "max") if k not in spec]
         if extra or missing:
             raise where.error(
                 "a profile needs exactly min, opt and max"
                 + (f" (missing {', '.join(missing)})" if missing else "")
-                + (f" (unknown {', '.join(extra)})" if extra else ""),
+                + (f" (unknown {_names(extra)})" if extra else ""),
                 backbone=name, key=key,
             )
         lo, opt, hi = (_dims(spec[k], where, name, f"{key}.{k}") for k in ("min", "opt", "max"))
@@ -307,14 +327,14 @@ def _dims(raw: Any, where: _Where, name: str, key: str) -> tuple[int, ...]:
         raise where.error("must be a non-empty list of positive integers", backbone=name, key=key)
     for dim in raw:
         if isinstance(dim, bool) or not isinstance(dim, int):
-            raise where.error(f"dimension {dim!r} is not an integer", backbone=name, key=key)
+            raise where.error(f"dimension {_shown(dim)} is not an integer", backbone=name, key=key)
         if dim <= 0:
             raise where.error(f"dimension {dim} must be positive", backbone=name, key=key)
         if dim > MAX_DIM:
             raise where.error(f"dimension {dim} is larger than {MAX_DIM}", backbone=name, key=key)
     if math.prod(raw) > MAX_ELEMENTS:
         raise where.error(
-            f"shape {raw} has {math.prod(raw)} elements, more than any engine can take ({MAX_ELEMENTS})",
+            f"shape {_shown(raw)} has {math.prod(raw)} elements, more than any engine can take ({MAX_ELEMENTS})",
             backbone=name, key=key,
         )
     return tuple(raw)
@@ -322,13 +342,13 @@ def _dims(raw: Any, where: _Where, name: str, key: str) -> tuple[int, ...]:
 
 def _choice(raw: Any, allowed: tuple[str, ...], where: _Where, *, backbone: str | None = None, key: str) -> str:
     if not isinstance(raw, str) or raw not in allowed:
-        raise where.error(f"unknown value {raw!r}; use one of {', '.join(allowed)}", backbone=backbone, key=key)
+        raise where.error(f"unknown value {_shown(raw)}; use one of {', '.join(allowed)}", backbone=backbone, key=key)
     return raw
 
 
 def _int_field(raw: Any, where: _Where, *, key: str) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int):
-        raise where.error(f"must be a whole number of MiB, got {raw!r}", key=key)
+        raise where.error(f"must be a whole number of MiB, got {_shown(raw)}", key=key)
     if raw <= 0:
         raise where.error(f"must be positive, got {raw}", key=key)
     if raw > 2**30:
@@ -338,13 +358,13 @@ def _int_field(raw: Any, where: _Where, *, key: str) -> int:
 
 def _bool_field(raw: Any, where: _Where, name: str, key: str) -> bool:
     if not isinstance(raw, bool):
-        raise where.error(f"must be true or false, got {raw!r}", backbone=name, key=key)
+        raise where.error(f"must be true or false, got {_shown(raw)}", backbone=name, key=key)
     return raw
 
 
 def _path_field(raw: Any, base: Path, where: _Where, *, backbone: str | None = None, key: str) -> Path:
     if not isinstance(raw, str) or not raw.strip():
-        raise where.error(f"must be a non-empty path string, got {raw!r}", backbone=backbone, key=key)
+        raise where.error(f"must be a non-empty path string, got {_shown(raw)}", backbone=backbone, key=key)
     if "\x00" in raw:
         raise where.error("contains a NUL byte", backbone=backbone, key=key)
     expanded = os.path.expanduser(raw)
