@@ -155,15 +155,29 @@ def _external_data_files(model, path: Path, prefix: str) -> tuple[Path, ...]:
         location = next((e.value for e in tensor.external_data if e.key == "location"), None)
         if not location:
             raise ConfigError(f"{prefix}{path}: tensor {tensor.name!r} uses external data without a location")
-        candidate = (base / location).resolve()
-        if os.path.isabs(location) or base not in candidate.parents:
+        shown = location if len(location) <= 80 else location[:77] + "..."
+        if "\x00" in location:
             raise ConfigError(
-                f"{prefix}{path}: external data location {location!r} of tensor {tensor.name!r} "
+                f"{prefix}{path}: external data location {shown!r} of tensor {tensor.name!r} contains a NUL "
+                "byte; re-export the model"
+            )
+        try:  # a hostile model can name anything: over-long names, loops of symlinks
+            candidate = (base / location).resolve()
+            outside = os.path.isabs(location) or base not in candidate.parents
+            present = not outside and candidate.is_file()
+        except (OSError, RuntimeError) as exc:
+            raise ConfigError(
+                f"{prefix}{path}: external data location {shown!r} of tensor {tensor.name!r} cannot be "
+                f"used ({getattr(exc, 'strerror', None) or exc}); re-export the model"
+            ) from None
+        if outside:
+            raise ConfigError(
+                f"{prefix}{path}: external data location {shown!r} of tensor {tensor.name!r} "
                 "points outside the model's folder; refusing to read it"
             )
-        if not candidate.is_file():
+        if not present:
             raise ConfigError(
-                f"{prefix}{path}: external data file {location!r} (tensor {tensor.name!r}) is missing; "
+                f"{prefix}{path}: external data file {shown!r} (tensor {tensor.name!r}) is missing; "
                 "copy it next to the model"
             )
         files.setdefault(location, path.parent / location)
