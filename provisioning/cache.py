@@ -25,8 +25,8 @@ from typing import Any, Callable, Mapping
 
 from filelock import FileLock
 
-from .errors import CacheError
-from .manifest import BuildInputs, explain_mismatch, read_manifest
+from .errors import CacheError, UnsafePathError
+from .manifest import BuildInputs, explain_mismatch, manifest_path_for, read_manifest
 from .sidecar import Sha256Sidecar, Verification
 
 LOCK_DIR = ".locks"
@@ -86,6 +86,8 @@ def check_entry(
     if not os.path.lexists(engine_path):
         return EntryCheck(None, ("no engine in the cache",))
     manifest = read_manifest(engine_path)
+    if manifest is None and os.path.islink(manifest_path_for(engine_path)):
+        return EntryCheck(None, (f"manifest {manifest_path_for(engine_path).name} is a symlink; not followed",))
     reasons = explain_mismatch(manifest, expected)
     if reasons:
         return EntryCheck(None, tuple(reasons))
@@ -132,8 +134,17 @@ def lock_path_for(engine_path: Path) -> Path:
 
 
 def engine_lock(engine_path: Path) -> FileLock:
-    """An inter-process lock for one canonical engine (only avoids duplicate work)."""
-    return FileLock(str(lock_path_for(engine_path)))
+    """An inter-process lock for one canonical engine (only avoids duplicate work).
+
+    UnsafePathError when something planted a symlink at the lock's path: the lock file is
+    opened without following it, so it could never be taken, and the error says what to do.
+    """
+    path = lock_path_for(engine_path)
+    if os.path.islink(path):
+        raise UnsafePathError(
+            f"lock file {path} is a symlink (not followed; nothing in the cache creates one); remove it"
+        )
+    return FileLock(str(path))
 
 
 def lock_is_held(engine_path: Path) -> bool:
@@ -157,7 +168,8 @@ def append_event(cache_dir: Path, record: Mapping[str, Any]) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _O_NOFOLLOW, 0o644)
     except OSError as exc:
-        log.warning("cannot append to %s (%s); event not recorded", path, exc.strerror or exc)
+        why = "it is a symlink; not followed" if os.path.islink(path) else exc.strerror or exc
+        log.warning("cannot append to %s (%s); event not recorded", path, why)
         return
     try:
         os.write(fd, line)
