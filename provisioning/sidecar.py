@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Union
 
+from .errors import UnsafePathError
+
 CHUNK_BYTES = 4 * 1024 * 1024  # large reads: hashing runs at the CPU's SHA speed
 TEMP_SUFFIX = ".incomplete"
 SIDECAR_SUFFIX = ".sha256"
@@ -119,8 +121,7 @@ def write_temp(dest: Path, payload: Payload) -> tuple[Path, str, int]:
     Returns the temporary path, the SHA-256 and the size. On any failure the temporary
     file is removed and the error propagates.
     """
-    tmp = temp_path_for(dest)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o644)
+    fd, tmp = _create_temp(dest)
     try:
         digest = hashlib.sha256()
         size = 0
@@ -152,6 +153,21 @@ def write_temp(dest: Path, payload: Payload) -> tuple[Path, str, int]:
         raise
     os.close(fd)
     return tmp, digest.hexdigest(), size
+
+
+def _create_temp(dest: Path) -> tuple[int, Path]:
+    """Create a fresh temporary file beside ``dest`` (never opening anything already there)."""
+    for _ in range(4):
+        tmp = temp_path_for(dest)
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o644), tmp
+        except FileExistsError:
+            continue  # a random name already taken: a planted file or link; try another name
+    what = "a symlink" if os.path.islink(tmp) else "a file"
+    raise UnsafePathError(
+        f"temporary path {tmp} already exists as {what} although its name is random (planted in the cache?); "
+        "not followed; remove it"
+    )
 
 
 def atomic_write_bytes(dest: Path, data: bytes) -> None:
