@@ -109,7 +109,7 @@ def build_backbone_specs(config: ProvisioningConfig, backend: str | None = None)
                 version_compatible=backbone.version_compatible,
             )
         )
-    if fresh and config.cache_dir.is_dir():
+    if fresh:  # kept in memory until a build creates the cache folder (see remember_inspection)
         for info in fresh:
             remember_inspection(info, config.cache_dir)
     return tuple(specs)

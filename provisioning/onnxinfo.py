@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .sidecar import atomic_write_bytes, hash_file
+from .sidecar import atomic_write_bytes, hash_fd, open_nofollow
 
 INSPECT_DIR = ".inspect"
 
@@ -129,10 +130,23 @@ def cached_inspection(path: Path, cache_dir: Path) -> OnnxInfo | None:
     return OnnxInfo(path=path, inputs=inputs, external_data=external)
 
 
-def remember_inspection(info: OnnxInfo, cache_dir: Path) -> None:
-    """Store an inspection for :func:`cached_inspection` (best effort, never fails a run)."""
+# Inspections made before the cache folder existed (a first run): written by
+# write_pending_inspections once a build created it, so the next run skips importing onnx.
+_PENDING: dict[str, list[tuple[OnnxInfo, list[int] | None]]] = {}
+
+
+def remember_inspection(info: OnnxInfo, cache_dir: Path, signature: list[int] | None = None) -> None:
+    """Store an inspection for :func:`cached_inspection` (best effort, never fails a run).
+
+    Without a cache folder yet (task generation must not create it), the inspection waits in
+    this process for :func:`write_pending_inspections`, with the file's signature of now.
+    """
+    signature = signature or _stat_signature(info.path)
+    if not Path(cache_dir).is_dir():
+        _PENDING.setdefault(os.path.abspath(cache_dir), []).append((info, signature))
+        return
     record = {
-        "signature": _stat_signature(info.path),
+        "signature": signature,
         "inputs": [{"name": i.name, "elem_type": i.elem_type, "dims": list(i.dims)} for i in info.inputs],
         "external_data": [os.path.relpath(e, info.path.parent) for e in info.external_data],
     }
@@ -142,6 +156,14 @@ def remember_inspection(info: OnnxInfo, cache_dir: Path) -> None:
         atomic_write_bytes(target, json.dumps(record).encode())
     except OSError:
         pass
+
+
+def write_pending_inspections(cache_dir: Path) -> None:
+    """Write the inspections this process kept while ``cache_dir`` did not exist yet."""
+    if not Path(cache_dir).is_dir():
+        return
+    for info, signature in _PENDING.pop(os.path.abspath(cache_dir), []):
+        remember_inspection(info, cache_dir, signature)
 
 
 def _external_data_files(model, path: Path, prefix: str) -> tuple[Path, ...]:
@@ -190,11 +212,51 @@ def onnx_digest(path: Path, external_data: tuple[Path, ...] = ()) -> str:
     A model without external data gets exactly the file's own SHA-256, so
     ``sha256sum model.onnx`` shows the same value.
     """
-    model_digest = hash_file(path)
+    model_digest = _hash_and_remember(path)
     if not external_data:
         return model_digest
     combined = hashlib.sha256(model_digest.encode())
     for extra in external_data:
         combined.update(b"\0" + os.path.relpath(extra, path.parent).encode() + b"\0")
-        combined.update(hash_file(extra).encode())
+        combined.update(_hash_and_remember(extra).encode())
     return combined.hexdigest()
+
+
+# Digests this process computed for the reuse key, so that doit's file_dep check right after
+# the action (see provisioning.doit.filedep) does not read the same bytes a second time.
+_KNOWN_DIGESTS: dict[str, tuple[tuple[int, ...], str]] = {}
+_RACY_NS = 2_000_000_000  # a file written this recently may change again within one mtime tick
+
+
+def _fd_signature(fd: int) -> tuple[int, ...]:
+    st = os.fstat(fd)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def _hash_and_remember(path: Path) -> str:
+    fd = open_nofollow(path)
+    try:
+        started = time.time_ns()
+        before = _fd_signature(fd)
+        digest, _ = hash_fd(fd)
+        # Like git's racy-clean rule: remember only files that were not just written, and
+        # that did not change while they were read.
+        if _fd_signature(fd) == before and max(before[1], before[2]) < started - _RACY_NS:
+            _KNOWN_DIGESTS[os.path.abspath(path)] = (before, digest)
+    finally:
+        os.close(fd)
+    return digest
+
+
+def known_sha256(path: str | os.PathLike[str]) -> str | None:
+    """The SHA-256 this process computed for ``path`` when its stat signature is unchanged, else None."""
+    known = _KNOWN_DIGESTS.get(os.path.abspath(path))
+    if known is None:
+        return None
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    if (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev) != known[0]:
+        return None
+    return known[1]

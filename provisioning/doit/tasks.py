@@ -26,8 +26,10 @@ from ..config import ProvisioningConfig
 from ..errors import ProvisioningError
 from ..host import HostCapabilities
 from ..manifest import BuildInputs, manifest_path_for
+from ..onnxinfo import write_pending_inspections
 from ..sidecar import Sha256Sidecar, Verification
 from .corpus import config_path, load_corpus
+from .filedep import Sha256FileChecker
 from .report import configure_console_logging, fail_fast
 
 log = logging.getLogger("provisioning.doit")
@@ -41,11 +43,16 @@ BackendFactory = Callable[[str], Any]
 
 
 def doit_config(**overrides: Any) -> dict[str, Any]:
-    """A ``DOIT_CONFIG`` for engine projects: sqlite3 database ($PROVISIONING_DOIT_DB or .doit.db)."""
+    """A ``DOIT_CONFIG`` for engine projects: sqlite3 database ($PROVISIONING_DOIT_DB or .doit.db).
+
+    ``file_dep`` changes are decided by :class:`~provisioning.doit.filedep.Sha256FileChecker`
+    (doit's rules, a faster digest that reuses the action's own hash of the ONNX).
+    """
     config: dict[str, Any] = {
         "backend": "sqlite3",
         "dep_file": os.environ.get(DB_ENV) or DEFAULT_DB,
         "default_tasks": ["engines"],
+        "check_file_uptodate": Sha256FileChecker,
     }
     config.update(overrides)
     return config
@@ -156,6 +163,7 @@ def compile_backbone(
             remote = make_remote_cache(config)
         request = EngineCompileRequest(backbones=(spec,), cache_dir=cache, host=host)
         result = EngineCompiler(backend, remote=remote).compile_engines_for_corpus(request).results[0]
+        write_pending_inspections(cache)  # a first run's ONNX inspections: the next run skips importing onnx
     except (ProvisioningError, OSError) as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return TaskFailed(f"FAILED {spec.model_name}: {text}\n")
