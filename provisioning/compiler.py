@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping, Protocol
 from .backends.base import CompileEngineCallable, EngineOutput
 from .cache import EngineCacheEntry, append_event, check_entry, engine_lock, ensure_cache_dir
 from .config import InputShape
-from .errors import BackendError, ConfigError
+from .errors import BackendError, CacheError, ConfigError
 from .host import HostCapabilities
 from .manifest import BuildInputs, make_manifest, write_manifest
 from .onnxinfo import onnx_digest
@@ -291,9 +291,11 @@ class EngineCompiler:
         request: EngineCompileRequest,
         host_key: str,
     ) -> tuple[EngineCacheEntry, float]:
-        scratch = Path(
-            tempfile.mkdtemp(prefix=f".{engine_path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=request.cache_dir)
-        )
+        try:
+            scratch = Path(tempfile.mkdtemp(prefix=f".{engine_path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX,
+                                            dir=request.cache_dir))
+        except OSError as exc:
+            raise _write_error(spec.model_name, engine_path, exc) from None
         started = time.monotonic()
         published: dict[str, Any] = {}
 
@@ -309,7 +311,12 @@ class EngineCompiler:
                 write_manifest(engine_path, document)
                 published["manifest"] = document
 
-            sha256, size = Sha256Sidecar.write_atomic_and_sidecar(engine_path, payload, before_commit=write_manifest_step)
+            try:
+                sha256, size = Sha256Sidecar.write_atomic_and_sidecar(
+                    engine_path, payload, before_commit=write_manifest_step
+                )
+            except OSError as exc:  # ENOSPC, EFBIG, EROFS, EIO: say where, and what to do
+                raise _write_error(spec.model_name, engine_path, exc) from None
             published.update(sha256=sha256, size=size, duration=duration)
 
         try:
@@ -354,6 +361,14 @@ class EngineCompiler:
                    None, host_key, source=result.source, miss_reasons=list(result.miss_reasons), **extra),
         )
         return result
+
+
+def _write_error(model_name: str, engine_path: Path, exc: OSError) -> CacheError:
+    """A one-line error for a failed write into the cache (the previous engine is left as it was)."""
+    return CacheError(
+        f"backbone {model_name}: cannot write {engine_path.name} into {engine_path.parent} "
+        f"({exc.strerror or exc}); free disk space or raise the file size limit, then run again"
+    )
 
 
 def _event(model_name: str, outcome: str, engine: str, duration: float | None, error_class: str | None,
