@@ -8,8 +8,8 @@ knows nothing about it. Environment variables (all optional, read per process):
 - ``RELIABILITY_BUILD_DELAY_S``: sleep this long before compiling (a long TensorRT build),
 - ``RELIABILITY_WRITE_DELAY_S``: throttle every cache write to 1 KiB chunks with this pause
   between chunks, so a SIGKILL can land inside the engine, manifest or sidecar write,
-- ``RELIABILITY_FSIZE_AT_PUBLISH``: once the engine is compiled, cap the size of any file this
-  process writes (RLIMIT_FSIZE, SIGXFSZ ignored): a disk that fills up during publication,
+- ``RELIABILITY_FSIZE_AT_PUBLISH``: while the compiled engine is published, cap the size of any
+  file this process writes (RLIMIT_FSIZE, SIGXFSZ ignored): a disk that is full during publication,
 - ``RELIABILITY_PHASE_LOG``: append ``<pid> <model> <phase>`` lines, to tell where a kill landed.
 """
 
@@ -72,12 +72,16 @@ class _PhaseOutput:
 
     def write(self, payload: Any, notes: Any = None) -> None:
         limit = os.environ.get(FSIZE_AT_PUBLISH)
+        before = resource.getrlimit(resource.RLIMIT_FSIZE)
         if limit:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write(), as on a full disk
-            resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), resource.RLIM_INFINITY))
-        _phase(self._model, "publish")
-        self._inner.write(payload, notes)
-        _phase(self._model, "published")
+            resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), before[1]))
+        try:
+            _phase(self._model, "publish")
+            self._inner.write(payload, notes)
+            _phase(self._model, "published")
+        finally:  # the disk frees up again: what follows (doit's database) is not under test
+            resource.setrlimit(resource.RLIMIT_FSIZE, before)
 
     @property
     def written(self) -> bool:
