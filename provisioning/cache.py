@@ -121,8 +121,9 @@ def ensure_cache_dir(cache_dir: Path) -> None:
     except FileExistsError:
         raise CacheError(f"cache folder {cache_dir} exists but is not a folder; set cache_dir to a folder") from None
     except OSError as exc:
+        what = "write into" if cache_dir.is_dir() else "create"
         raise CacheError(
-            f"cannot create the cache folder {cache_dir} ({exc.strerror}); make it writable or set cache_dir elsewhere"
+            f"cannot {what} the cache folder {cache_dir} ({exc.strerror}); make it writable or set cache_dir elsewhere"
         ) from None
     if not os.access(cache_dir, os.W_OK | os.X_OK):
         raise CacheError(f"cache folder {cache_dir} is not writable; fix its permissions or set cache_dir elsewhere")

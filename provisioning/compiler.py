@@ -243,8 +243,13 @@ class EngineCompiler:
         self._remote = remote
 
     def compile_engines_for_corpus(self, request: EngineCompileRequest) -> EngineCompileSummary:
-        """Reuse or build every backbone of ``request``; the first failure propagates."""
-        ensure_cache_dir(request.cache_dir)
+        """Reuse or build every backbone of ``request``; the first failure propagates.
+
+        A read-only cache (restored in CI, baked into an image) serves its verified engines;
+        the folder must be writable only when something has to be built.
+        """
+        if not os.path.isdir(request.cache_dir):
+            ensure_cache_dir(request.cache_dir)  # a new cache: create it (or say why not) up front
         results = [self._compile_one(spec, request) for spec in request.resolved_backbones()]
         return EngineCompileSummary(tuple(results))
 
@@ -258,6 +263,7 @@ class EngineCompiler:
         check = check_entry(engine_path, spec.model_name, expected)
         if check.hit:
             return self._finish(request, host_key, EngineCompileResult(check.entry, CompileOutcome.REUSED, None))
+        ensure_cache_dir(request.cache_dir)
         with engine_lock(engine_path):
             check = check_entry(engine_path, spec.model_name, expected)  # another process may have built it
             if check.hit:
