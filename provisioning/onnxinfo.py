@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -108,14 +109,29 @@ def _record_path(cache_dir: Path, path: Path) -> Path:
     return cache_dir / INSPECT_DIR / f"{key}.json"
 
 
+def _inspect_dir_is_planted(cache_dir: Path) -> bool:
+    """True (and a warning) when the records folder is a symlink: never read or written through."""
+    folder = Path(cache_dir) / INSPECT_DIR
+    if not os.path.islink(folder):
+        return False
+    logging.getLogger("provisioning.onnxinfo").warning(
+        "%s is a symlink; not followed (ONNX inspections are not cached); remove it", folder
+    )
+    return True
+
+
 def cached_inspection(path: Path, cache_dir: Path) -> OnnxInfo | None:
     """A previous inspection of ``path`` if the file is unchanged (same size, mtimes, inode).
 
     Parsing a large ONNX costs far more than a warm run should; the record is only a
     shortcut: any change of the file, or a missing external data file, means re-inspecting.
     """
+    if _inspect_dir_is_planted(cache_dir):
+        return None
     try:
-        record = json.loads(_record_path(cache_dir, path).read_bytes())
+        fd = open_nofollow(_record_path(cache_dir, path))
+        with os.fdopen(fd, "rb") as handle:
+            record = json.loads(handle.read())
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or record.get("signature") != _stat_signature(path):
@@ -151,6 +167,8 @@ def remember_inspection(info: OnnxInfo, cache_dir: Path, signature: list[int] | 
         "external_data": [os.path.relpath(e, info.path.parent) for e in info.external_data],
     }
     target = _record_path(cache_dir, info.path)
+    if _inspect_dir_is_planted(cache_dir):
+        return
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(target, json.dumps(record).encode())
