@@ -129,3 +129,17 @@ def test_symlink_at_a_temporary_path_is_never_written_through(tmp_path: Path, mo
     record("7 cache attacks", "symlinks at the temporary paths (token known)", 1,
            "refused with one line naming the link; nothing written through it; old engine untouched", True)
 
+
+
+def test_symlinked_inspection_folder_is_not_written_through(tmp_path: Path) -> None:
+    """ONNX inspection records live in cache/.inspect; a link there must not carry writes outside."""
+    project = make_project(tmp_path / "proj")
+    project.cache.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, project.cache / ".inspect")
+    result = project.doit("engines")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ".inspect is a symlink; not followed" in result.stdout + result.stderr, result.stdout + result.stderr
+    assert list(outside.iterdir()) == []
+    assert all(Sha256Sidecar.verify(p) for p in project.canonical_engines())
