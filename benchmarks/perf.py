@@ -47,7 +47,7 @@ class Sizes:
     cold_models: int = 6
     cold_blocks: int = 2500  # 10,000 nodes: ONNX Runtime's graph optimisation takes ~2 s per model here
     hash_mib: int = 1024
-    repeat: int = 5
+    repeat: int = 7
 
 
 QUICK = Sizes(warm_engines=3, warm_weight_side=1024, stat_backbones=12, cold_models=1, cold_blocks=150,

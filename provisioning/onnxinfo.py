@@ -158,6 +158,8 @@ def remember_inspection(info: OnnxInfo, cache_dir: Path, signature: list[int] | 
     this process for :func:`write_pending_inspections`, with the file's signature of now.
     """
     signature = signature or _stat_signature(info.path)
+    if signature is None:
+        return  # the file is gone: nothing to vouch for
     if not Path(cache_dir).is_dir():
         _PENDING.setdefault(os.path.abspath(cache_dir), []).append((info, signature))
         return
