@@ -49,7 +49,7 @@ def machine() -> str:
 
 def table(records: list[dict]) -> str:
     lines = ["| Part | Scenario | Runs | Observed | Result |", "| --- | --- | ---: | --- | --- |"]
-    for r in records:
+    for r in sorted(records, key=lambda r: r["part"]):  # stable: scenarios of a part keep their order
         lines.append(f"| {r['part']} | {r['scenario']} | {r['tried']} | {r['observed']} | "
                      f"{'pass' if r['ok'] else 'FAIL'} |")
     return "\n".join(lines)

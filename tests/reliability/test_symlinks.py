@@ -102,6 +102,7 @@ def test_symlink_at_the_event_log_is_not_followed(built: Project, tmp_path: Path
     assert result.returncode == 0, output
     assert "events.jsonl (it is a symlink; not followed)" in output, output
     assert outside.read_bytes() == genuine
+    record("7 cache attacks", "symlink at the event log", 1, "not appended through; a warning names the link", True)
 
 
 def test_symlink_at_a_temporary_path_is_never_written_through(tmp_path: Path, monkeypatch) -> None:
@@ -143,3 +144,5 @@ def test_symlinked_inspection_folder_is_not_written_through(tmp_path: Path) -> N
     assert ".inspect is a symlink; not followed" in result.stdout + result.stderr, result.stdout + result.stderr
     assert list(outside.iterdir()) == []
     assert all(Sha256Sidecar.verify(p) for p in project.canonical_engines())
+    record("7 cache attacks", "symlinked .inspect folder", 1, "nothing written through it; a warning names the "
+           "link; engines built", True)
