@@ -197,12 +197,15 @@ def bench_warm_full(work: Path, sizes: Sizes) -> Row:
 
     reference, measured = interleaved(lambda: run(["openssl", "dgst", "-sha256", *engines])[0], warm, sizes.repeat)
     listing = min(doit(project, "list")[0] for _ in range(sizes.repeat))
+    lost_db = min(_without_database(project) for _ in range(2))
     python = min(run([PYTHON, "-c", "pass"])[0] for _ in range(sizes.repeat))
     return [
         Row("warm-full", f"no-op `doit engines`, {len(engines)} engines, {total_mb:.0f} MB / openssl dgst -sha256",
             measured / reference, 0.75, False, f"doit {measured:.2f} s, openssl {reference:.2f} s"),
         Row("floor", "`doit list` on the same dodo.py (startup + task generation) / the same openssl",
             listing / reference, None, False, f"doit list {listing:.3f} s, python -c pass {python:.3f} s"),
+        Row("warm-nodb", "`doit engines` with the doit database lost (CI cache restore) / the same openssl",
+            lost_db / reference, None, False, f"doit {lost_db:.2f} s: every action runs and reports REUSED"),
         Row("cold-io", f"cold build of those {len(engines)} engines ({total_mb / len(engines):.0f} MB each) / sum of compile_duration_s",
             cold_s / compile_s, None, False, f"doit {cold_s:.2f} s, compiles {compile_s:.2f} s"),
     ]
@@ -227,6 +230,16 @@ def bench_warm_stat(work: Path, sizes: Sizes) -> Row:
     reference, measured = interleaved(lambda: doit(project, "list")[0], warm, sizes.repeat)
     return Row("warm-stat", f"no-op `doit engines`, {len(paths)} backbones, verify: stat / `doit list`",
                measured / reference, 3.0, False, f"doit engines {measured:.2f} s, doit list {reference:.2f} s")
+
+
+def _without_database(project: Path) -> float:
+    """A run after the doit database was lost: every task's action runs, reusing its engine."""
+    for db in project.glob(".doit.db*"):
+        db.unlink()
+    elapsed, result = doit(project)
+    if result.stdout.count("REUSED") != len(engines_in(project)) or "BUILT" in result.stdout:
+        raise RuntimeError(f"expected every engine REUSED:\n{result.stdout}\n{result.stderr}")
+    return elapsed
 
 
 def _compile_seconds(project: Path) -> float:
