@@ -18,7 +18,7 @@ import threading
 import weakref
 from collections import deque
 from pathlib import Path
-from typing import Iterable
+from typing import ContextManager, Iterable
 
 from .sidecar import Sha256Sidecar, Verification, atomic_write_bytes
 
@@ -71,7 +71,9 @@ def _remember(engine_path: Path, before: list[int] | None, verification: Verific
         pass  # only an optimisation: the next run hashes again
 
 
-def verify_engine(engine_path: Path, mode: str = "full", chunk_guard=None) -> Verification:
+def verify_engine(
+    engine_path: Path, mode: str = "full", chunk_guard: ContextManager[object] | None = None
+) -> Verification:
     """Verify one engine against its sidecar, trusting an unchanged stat record in ``stat`` mode."""
     engine_path = Path(engine_path)
     if mode == "stat":
