@@ -13,6 +13,7 @@ that restores the old mtime is still caught. Records live in ``cache_dir/.verifi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import weakref
@@ -20,7 +21,7 @@ from collections import deque
 from pathlib import Path
 from typing import ContextManager, Iterable
 
-from .sidecar import Sha256Sidecar, Verification, atomic_write_bytes
+from .sidecar import Sha256Sidecar, Verification, atomic_write_bytes, open_nofollow
 
 VERIFIED_DIR = ".verified"
 
@@ -37,11 +38,33 @@ def _record_path(engine_path: Path) -> Path:
     return engine_path.parent / VERIFIED_DIR / (engine_path.name + ".json")
 
 
+_WARNED: set[str] = set()
+
+
+def _records_folder_is_planted(engine_path: Path) -> bool:
+    """True (warned once per folder) when ``.verified`` is a symlink: never read or written through.
+
+    A record read through it could vouch for bytes nobody hashed, and writes would land
+    outside the cache; nothing in the cache creates such a link.
+    """
+    folder = engine_path.parent / VERIFIED_DIR
+    if not os.path.islink(folder):
+        return False
+    if str(folder) not in _WARNED:
+        _WARNED.add(str(folder))
+        logging.getLogger("provisioning.verify").warning(
+            "%s is a symlink; not followed (verify: stat hashes every engine in full); remove it", folder
+        )
+    return True
+
+
 def _trusted(engine_path: Path) -> Verification | None:
     """A verification from the stat record, or None when it must be hashed again."""
-    record_path = _record_path(engine_path)
+    if _records_folder_is_planted(engine_path):
+        return None
     try:
-        record = json.loads(record_path.read_bytes())
+        with os.fdopen(open_nofollow(_record_path(engine_path)), "rb") as handle:
+            record = json.loads(handle.read())
     except (OSError, ValueError):
         return None
     sidecar = Sha256Sidecar.read(engine_path)
@@ -63,6 +86,8 @@ def _remember(engine_path: Path, before: list[int] | None, verification: Verific
     if not verification.ok or before is None or _signature(engine_path) != before:
         return
     folder = engine_path.parent / VERIFIED_DIR
+    if _records_folder_is_planted(engine_path):
+        return
     try:
         folder.mkdir(exist_ok=True)
         blob = json.dumps({"signature": before, "sha256": verification.sha256}).encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import os
 import subprocess
@@ -158,3 +159,24 @@ def test_verifying_a_large_engine_streams_it_in_constant_memory(tmp_path):
     result = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(big)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) < 64  # MiB above the baseline, for a 512 MiB engine
+
+
+def test_stat_mode_never_reads_or_writes_records_through_a_symlinked_folder(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    path = _engine(cache)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (cache / ".verified").symlink_to(elsewhere)
+    assert verify_engine(path, "stat").reason == "verified"  # hashed in full
+    assert list(elsewhere.iterdir()) == []  # nothing written outside the cache
+    # a record planted through the link, matching today's stat, must not excuse a corrupt engine
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF
+    with open(path, "r+b") as handle:
+        handle.write(data)
+    st = os.lstat(path)
+    planted = {"signature": [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev],
+               "sha256": Sha256Sidecar.read(path).sha256}
+    (elsewhere / (path.name + ".json")).write_text(json.dumps(planted))
+    assert not verify_engine(path, "stat").ok
