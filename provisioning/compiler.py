@@ -22,7 +22,7 @@ from .cache import EngineCacheEntry, append_event, check_entry, engine_lock, ens
 from .config import InputShape
 from .errors import BackendError, CacheError, ConfigError
 from .host import HostCapabilities
-from .manifest import BuildInputs, make_manifest, write_manifest
+from .manifest import BuildInputs, make_manifest, manifest_bytes, manifest_path_for
 from .onnxinfo import onnx_digest
 from .schema import EngineFilenameSchema
 from .sidecar import TEMP_SUFFIX, Payload, Sha256Sidecar
@@ -308,18 +308,20 @@ class EngineCompiler:
         def publish(payload: Payload, notes: Mapping[str, Any]) -> None:
             duration = time.monotonic() - started
 
-            def write_manifest_step(sha256: str, size: int) -> None:
+            def manifest_companion(sha256: str, size: int) -> dict[Path, bytes]:
                 document = make_manifest(
                     model_name=spec.model_name, engine_path=engine_path, sha256=sha256, size=size,
                     inputs=expected, onnx_path=spec.onnx_path, compile_duration_s=round(duration, 3),
                     notes=notes,
                 )
-                write_manifest(engine_path, document)
                 published["manifest"] = document
+                return {manifest_path_for(engine_path): manifest_bytes(document)}
 
+            # a file the backend left in its scratch folder is on the cache's file system: move it
+            movable = isinstance(payload, Path) and scratch in Path(os.path.abspath(payload)).parents
             try:
                 sha256, size = Sha256Sidecar.write_atomic_and_sidecar(
-                    engine_path, payload, before_commit=write_manifest_step
+                    engine_path, payload, before_commit=manifest_companion, move=movable
                 )
             except OSError as exc:  # ENOSPC, EFBIG, EROFS, EIO: say where, and what to do
                 raise _write_error(spec.model_name, engine_path, exc) from None

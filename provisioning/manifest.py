@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .sidecar import atomic_write_bytes, open_nofollow
+from .sidecar import open_nofollow
 
 MANIFEST_SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
@@ -112,10 +112,10 @@ def make_manifest(
     }
 
 
-def write_manifest(engine_path: Path, document: Mapping[str, Any]) -> None:
-    """Write the manifest atomically beside the engine."""
-    blob = json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"
-    atomic_write_bytes(manifest_path_for(engine_path), blob)
+def manifest_bytes(document: Mapping[str, Any]) -> bytes:
+    """The manifest's file content (stable key order, so identical builds give identical files)."""
+    return json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"
+
 
 
 def read_manifest(engine_path: Path) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Union
+from typing import Callable, ContextManager, Mapping, Union
 
 from .errors import UnsafePathError
 
@@ -115,12 +115,17 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[written:]
 
 
-def write_temp(dest: Path, payload: Payload) -> tuple[Path, str, int]:
+def write_temp(dest: Path, payload: Payload, *, move: bool = False) -> tuple[Path, str, int]:
     """Write ``payload`` to a fresh temporary file beside ``dest``, fsynced.
 
     Returns the temporary path, the SHA-256 and the size. On any failure the temporary
-    file is removed and the error propagates.
+    file is removed and the error propagates. With ``move=True`` a ``Path`` payload on the
+    same file system is renamed to the temporary name and hashed there (no copy).
     """
+    if move and isinstance(payload, Path):
+        moved = _move_to_temp(dest, payload)
+        if moved is not None:
+            return moved
     fd, tmp = _create_temp(dest)
     try:
         digest = hashlib.sha256()
@@ -153,6 +158,32 @@ def write_temp(dest: Path, payload: Payload) -> tuple[Path, str, int]:
         raise
     os.close(fd)
     return tmp, digest.hexdigest(), size
+
+
+def _move_to_temp(dest: Path, source: Path) -> tuple[Path, str, int] | None:
+    """Rename ``source`` to a temporary name beside ``dest``, then hash and fsync it there.
+
+    None when the rename is impossible (another file system): the caller copies instead.
+    rename() replaces a link planted at the random name instead of following it.
+    """
+    if os.path.islink(source):
+        return None
+    tmp = temp_path_for(dest)
+    try:
+        os.rename(source, tmp)
+    except OSError:
+        return None
+    try:
+        fd = open_nofollow(tmp)
+        try:
+            sha256, size = hash_fd(fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return tmp, sha256, size
 
 
 def _create_temp(dest: Path) -> tuple[int, Path]:
@@ -245,29 +276,50 @@ class Sha256Sidecar:
         engine_path: Path,
         payload: Payload,
         *,
-        before_commit: Callable[[str, int], None] | None = None,
+        before_commit: Callable[[str, int], Mapping[Path, bytes] | None] | None = None,
+        move: bool = False,
     ) -> tuple[str, int]:
         """Publish ``payload`` at ``engine_path``; return its SHA-256 and size.
 
-        Order: the old sidecar is withdrawn (the old engine is no longer valid from here),
-        the engine is written to a temporary file and renamed into place, then
-        ``before_commit(sha256, size)`` runs (it writes the manifest), then the sidecar is
-        written atomically: the commit point. A failure at any step leaves no sidecar that
-        matches a partial engine, and no temporary file.
+        ``before_commit(sha256, size)`` returns the companion files (the manifest) to publish
+        with the engine. ``move=True`` lets a ``Path`` payload on the same file system be
+        renamed into the cache instead of copied (the caller gives it up). See
+        :meth:`publish_prepared` for the order that makes every failure harmless.
         """
         engine_path = Path(engine_path)
-        tmp, sha256, size = write_temp(engine_path, payload)
+        tmp, sha256, size = write_temp(engine_path, payload, move=move)
         try:
-            _unlink_quietly(cls.path_for(engine_path))
-            os.replace(tmp, engine_path)
-        except BaseException:
+            companions = before_commit(sha256, size) if before_commit is not None else None
+            cls.publish_prepared(engine_path, tmp, sha256, companions or {})
+        finally:
             _unlink_quietly(tmp)
-            raise
-        if before_commit is not None:
-            before_commit(sha256, size)
-        atomic_write_bytes(cls.path_for(engine_path), cls.format_line(sha256, engine_path.name).encode())
-        fsync_dir(engine_path.parent)
         return sha256, size
+
+    @classmethod
+    def publish_prepared(
+        cls, engine_path: Path, tmp_engine: Path, sha256: str, companions: Mapping[Path, bytes]
+    ) -> None:
+        """Publish an fsynced, already hashed temporary engine with its companions and sidecar.
+
+        Every byte is written before anything is renamed: the companions and the sidecar go
+        to temporary files first, so a full disk or any write error leaves the previously
+        published engine intact and verifying. Then the old sidecar is withdrawn, the engine,
+        the companions and finally the sidecar (the commit point) are renamed into place.
+        """
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for path, blob in companions.items():
+                staged.append((write_temp(Path(path), blob)[0], Path(path)))
+            sidecar = cls.path_for(engine_path)
+            staged.append((write_temp(sidecar, cls.format_line(sha256, engine_path.name).encode())[0], sidecar))
+            _unlink_quietly(sidecar)  # the old engine is no longer vouched for from here
+            os.replace(tmp_engine, engine_path)
+            for tmp, path in staged:
+                os.replace(tmp, path)
+            fsync_dir(engine_path.parent)
+        finally:
+            for tmp, _ in staged:
+                _unlink_quietly(tmp)
 
     @classmethod
     def check(cls, engine_path: Path, chunk_guard: ContextManager[object] | None = None) -> Verification:

@@ -23,9 +23,7 @@ from pathlib import Path
 from ..cache import EngineCacheEntry
 from ..compiler import RemoteFetch
 from ..manifest import BuildInputs, explain_mismatch, manifest_path_for
-from ..sidecar import (
-    Sha256Sidecar, atomic_write_bytes, fsync_dir, open_nofollow, temp_path_for,
-)
+from ..sidecar import Sha256Sidecar, open_nofollow, temp_path_for
 from .config import RemoteConfig
 from .lease import BuilderLease, read_lease
 from .signing import EntrySigner, entry_message
@@ -205,14 +203,7 @@ class RemoteCache:
     @staticmethod
     def _publish_locally(engine_path: Path, tmp: Path, manifest_blob: bytes, sha256: str) -> None:
         """The local atomic protocol, from an already verified temporary file."""
-        try:
-            os.unlink(Sha256Sidecar.path_for(engine_path))  # the old engine is invalid from here
-        except FileNotFoundError:
-            pass
-        os.replace(tmp, engine_path)
-        atomic_write_bytes(manifest_path_for(engine_path), manifest_blob)
-        atomic_write_bytes(Sha256Sidecar.path_for(engine_path), Sha256Sidecar.format_line(sha256, engine_path.name).encode())
-        fsync_dir(engine_path.parent)
+        Sha256Sidecar.publish_prepared(engine_path, tmp, sha256, {manifest_path_for(engine_path): manifest_blob})
 
     # -- publish -----------------------------------------------------------------------
     def publish(self, entry: EngineCacheEntry) -> None:

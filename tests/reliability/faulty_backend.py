@@ -20,6 +20,7 @@ import resource
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from provisioning.backends.onnxruntime import OnnxRuntimeBackend
@@ -73,6 +74,10 @@ class _PhaseOutput:
     def write(self, payload: Any, notes: Any = None) -> None:
         limit = os.environ.get(FSIZE_AT_PUBLISH)
         before = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if limit and isinstance(payload, Path):
+            # publish bytes, as TensorRT does with its serialized plan: a scratch file would be
+            # renamed into the cache without a write, and the disk must fill during a write
+            payload = payload.read_bytes()
         if limit:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write(), as on a full disk
             resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), before[1]))

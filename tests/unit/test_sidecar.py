@@ -86,7 +86,7 @@ def test_publish_replaces_a_planted_symlink_instead_of_writing_through_it(tmp_pa
     assert not (cache / "m.engine").is_symlink() and Sha256Sidecar.verify(cache / "m.engine")
 
 
-def test_failed_write_leaves_old_engine_and_no_temp_file(tmp_path):
+def test_failed_companion_write_leaves_the_old_engine_verifying_and_no_temp_file(tmp_path):
     path = _publish(tmp_path, b"old engine")
 
     def before_commit(sha, size):
@@ -94,9 +94,27 @@ def test_failed_write_leaves_old_engine_and_no_temp_file(tmp_path):
 
     with pytest.raises(OSError):
         Sha256Sidecar.write_atomic_and_sidecar(path, b"new engine", before_commit=before_commit)
-    # the new bytes were renamed in, but without a sidecar they are not a published engine
-    assert not Sha256Sidecar.verify(path)
+    # nothing was renamed before every byte was written: the old engine is still published
+    assert path.read_bytes() == b"old engine" and Sha256Sidecar.verify(path)
     assert not [p for p in tmp_path.iterdir() if is_temp_name(p.name)]
+
+
+def test_companions_are_published_before_the_sidecar(tmp_path):
+    manifest = tmp_path / "m.engine.manifest.json"
+    Sha256Sidecar.write_atomic_and_sidecar(tmp_path / "m.engine", b"engine",
+                                           before_commit=lambda sha, size: {manifest: f"{sha} {size}".encode()})
+    assert manifest.read_text().endswith(" 6") and Sha256Sidecar.verify(tmp_path / "m.engine")
+    assert not [p for p in tmp_path.iterdir() if is_temp_name(p.name)]
+
+
+def test_move_renames_a_scratch_file_instead_of_copying(tmp_path):
+    scratch = tmp_path / "scratch.plan"
+    scratch.write_bytes(b"plan bytes")
+    inode = scratch.stat().st_ino
+    sha, size = Sha256Sidecar.write_atomic_and_sidecar(tmp_path / "m.engine", scratch, move=True)
+    assert not scratch.exists() and (tmp_path / "m.engine").stat().st_ino == inode
+    assert size == 10 and sha == hashlib.sha256(b"plan bytes").hexdigest()
+    assert Sha256Sidecar.verify(tmp_path / "m.engine")
 
 
 def test_hash_file_matches_hashlib_on_a_multi_chunk_file(tmp_path):
