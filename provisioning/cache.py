@@ -26,11 +26,14 @@ from typing import Any, Callable, Mapping
 from filelock import FileLock
 
 from .errors import CacheError, UnsafePathError
-from .manifest import BuildInputs, explain_mismatch, manifest_path_for, read_manifest
-from .sidecar import Sha256Sidecar, Verification
+from .manifest import MANIFEST_SUFFIX, BuildInputs, explain_mismatch, manifest_path_for, read_manifest
+from .sidecar import SIDECAR_SUFFIX, Sha256Sidecar, Verification
+from .verify import record_path
 
 LOCK_DIR = ".locks"
 EVENTS_FILE = "events.jsonl"
+BUILD_LOG_SUFFIX = ".build.log"  # a backend's log of the build, kept beside the engine
+COMPANION_SUFFIXES = (SIDECAR_SUFFIX, MANIFEST_SUFFIX, BUILD_LOG_SUFFIX)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 log = logging.getLogger("provisioning.cache")
 
@@ -106,6 +109,12 @@ def check_entry(
         manifest=manifest,
     )
     return EntryCheck(entry)
+
+
+def entry_files(engine_path: Path) -> tuple[Path, ...]:
+    """Every file of one cache entry, sidecar first: deleting in this order unpublishes first."""
+    companions = [engine_path.with_name(engine_path.name + s) for s in COMPANION_SUFFIXES[1:]]
+    return (Sha256Sidecar.path_for(engine_path), engine_path, *companions, record_path(engine_path))
 
 
 def ensure_cache_dir(cache_dir: Path) -> None:

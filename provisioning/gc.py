@@ -27,11 +27,9 @@ from typing import Iterable
 
 from filelock import FileLock, Timeout
 
-from .cache import LOCK_DIR, lock_is_held, lock_path_for
-from .manifest import MANIFEST_SUFFIX, manifest_path_for
+from .cache import COMPANION_SUFFIXES, LOCK_DIR, entry_files, lock_is_held, lock_path_for
 from .schema import ENGINE_SUFFIX, EngineFilenameSchema, ParsedEngineName
-from .sidecar import SIDECAR_SUFFIX, Sha256Sidecar, is_temp_name, temp_owner_pid
-from .verify import VERIFIED_DIR
+from .sidecar import is_temp_name, temp_owner_pid
 
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -43,15 +41,14 @@ class CachedEngine:
 
     path: Path
     parsed: ParsedEngineName
-    size: int  # engine + sidecar + manifest
+    size: int  # engine + sidecar + companions
     last_used: float
     locked: bool
 
     @property
     def files(self) -> tuple[Path, ...]:
-        """Sidecar first (the commit point), the engine, its manifest, its verification record."""
-        record = self.path.parent / VERIFIED_DIR / (self.path.name + ".json")
-        return (Sha256Sidecar.path_for(self.path), self.path, manifest_path_for(self.path), record)
+        """Sidecar first (the commit point), the engine, its companions, its verification record."""
+        return entry_files(self.path)
 
 
 @dataclass(frozen=True)
@@ -154,7 +151,7 @@ def scan_cache(cache_dir: Path) -> CacheScan:
             pid = temp_owner_pid(name)
             leftovers.append(LeftoverFile(Path(entry.path), _size(entry), "temp", pid, _alive(pid)))
             continue
-        for suffix in (SIDECAR_SUFFIX, MANIFEST_SUFFIX):
+        for suffix in COMPANION_SUFFIXES:
             if name.endswith(ENGINE_SUFFIX + suffix) and name[: -len(suffix)] not in names:
                 leftovers.append(LeftoverFile(Path(entry.path), _size(entry), "orphan"))
         if not name.endswith(ENGINE_SUFFIX) or entry.is_symlink() or not entry.is_file():
@@ -165,7 +162,7 @@ def scan_cache(cache_dir: Path) -> CacheScan:
             continue  # not ours: never touched
         path = Path(entry.path)
         stat = entry.stat()
-        size = stat.st_size + sum(_file_size(p) for p in (Sha256Sidecar.path_for(path), manifest_path_for(path)))
+        size = sum(_file_size(p) for p in entry_files(path))
         engines.append(CachedEngine(path, parsed, size, max(stat.st_atime, stat.st_mtime), lock_is_held(path)))
     engines.sort(key=lambda e: e.path.name)
     leftovers.sort(key=lambda f: f.path.name)

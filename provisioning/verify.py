@@ -34,7 +34,8 @@ def _signature(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
-def _record_path(engine_path: Path) -> Path:
+def record_path(engine_path: Path) -> Path:
+    """Where the trusted-stat record of ``engine_path`` lives."""
     return engine_path.parent / VERIFIED_DIR / (engine_path.name + ".json")
 
 
@@ -63,7 +64,7 @@ def _trusted(engine_path: Path) -> Verification | None:
     if _records_folder_is_planted(engine_path):
         return None
     try:
-        with os.fdopen(open_nofollow(_record_path(engine_path)), "rb") as handle:
+        with os.fdopen(open_nofollow(record_path(engine_path)), "rb") as handle:
             record = json.loads(handle.read())
     except (OSError, ValueError):
         return None
@@ -91,7 +92,7 @@ def _remember(engine_path: Path, before: list[int] | None, verification: Verific
     try:
         folder.mkdir(exist_ok=True)
         blob = json.dumps({"signature": before, "sha256": verification.sha256}).encode()
-        atomic_write_bytes(_record_path(engine_path), blob)
+        atomic_write_bytes(record_path(engine_path), blob)
     except OSError:
         pass  # only an optimisation: the next run hashes again
 

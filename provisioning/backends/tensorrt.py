@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cache import BUILD_LOG_SUFFIX
 from ..errors import BackendError, BackendUnavailableError, NoGpuError
 from ..gpu import NO_GPU_HINT
 from ..sidecar import atomic_write_bytes
@@ -39,7 +40,6 @@ __all__ = ["BUILD_LOG_SUFFIX", "LoadedEngine", "TensorRTBackend", "build_log_pat
            "load_verified_engine"]
 
 log = logging.getLogger("provisioning.tensorrt")
-BUILD_LOG_SUFFIX = ".build.log"
 _MIB = 1 << 20
 
 

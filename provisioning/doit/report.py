@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import NoReturn
 
 _HANDLER_MARK = "_provisioning_doit_console"
 
@@ -52,7 +53,7 @@ def human_bytes(size: int) -> str:
     return f"{value:.1f} TiB"  # pragma: no cover - unreachable
 
 
-def fail_fast(message: str, exit_code: int) -> "NoReturn":  # noqa: F821
+def fail_fast(message: str, exit_code: int) -> NoReturn:
     """Print one error line to stderr and exit: no traceback for a user's mistake."""
     sys.stderr.write(f"ERROR: {message}\n")
     sys.stderr.flush()

@@ -20,14 +20,14 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..cache import check_entry
+from ..cache import check_entry, entry_files
 from ..compiler import BackboneSpec, EngineCompiler, EngineCompileRequest
 from ..config import ProvisioningConfig
 from ..errors import ProvisioningError
 from ..host import HostCapabilities
-from ..manifest import BuildInputs, manifest_path_for
+from ..manifest import BuildInputs
 from ..onnxinfo import write_pending_inspections
-from ..sidecar import Sha256Sidecar, Verification
+from ..sidecar import Verification
 from .corpus import config_path, load_corpus
 from .filedep import Sha256FileChecker
 from .report import configure_console_logging, fail_fast
@@ -178,9 +178,8 @@ def compile_backbone(
 
 
 def clean_engine(engine_path: str, dryrun: bool = False) -> None:
-    """``doit clean``: remove one engine with its sidecar (first: the commit point) and manifest."""
-    engine = Path(engine_path)
-    for path in (Sha256Sidecar.path_for(engine), engine, manifest_path_for(engine)):
+    """``doit clean``: remove one engine with its sidecar (first: the commit point) and companions."""
+    for path in entry_files(Path(engine_path)):
         if os.path.lexists(path):
             print(f"{'would remove' if dryrun else 'removing'} {path}")
             if not dryrun:

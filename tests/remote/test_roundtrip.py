@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import logging
 
-import pytest
 
-from provisioning import CompileOutcome, Sha256Sidecar
+
+from provisioning import Sha256Sidecar
 from provisioning.remote.store import ENGINE, MANIFEST, SIDECAR, SIGNATURE
 
 from .conftest import make_host, remote_block, s3fs_client, warnings_of
