@@ -190,8 +190,12 @@ def parse_config(data: Any, config_path: Path) -> ProvisioningConfig:
     workspace_mb = _int_field(data.get("workspace_mb", DEFAULT_WORKSPACE_MB), where, key="workspace_mb")
     verify = _choice(data.get("verify", "full"), VERIFY_MODES, where, key="verify")
     remote = data.get("remote")
-    if remote is not None and not isinstance(remote, dict):
-        raise where.error("must be a mapping (url, mode, ...)", key="remote")
+    if remote is not None:
+        if not isinstance(remote, dict):
+            raise where.error("must be a mapping (url, mode, ...)", key="remote")
+        from .remote.config import parse_remote_config  # only configs with a remote pay for it
+
+        parse_remote_config(remote, config_path)  # a bad block fails here, before any task runs
 
     raw_backbones = data.get("backbones")
     if raw_backbones is None:

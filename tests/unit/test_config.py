@@ -189,3 +189,8 @@ def test_the_bundled_corpus_is_valid():
     specs = build_backbone_specs(config, "onnxruntime")
     assert [s.model_name for s in specs] == ["det", "cls", "emb"]
     assert [p.name for p in specs[2].external_data] == ["emb.onnx.data"]
+
+
+def test_a_bad_remote_block_fails_when_the_config_is_loaded(corpus_dir):
+    message = _error(corpus_dir, {"remote": {"url": "s3://bucket/engines", "mode": "sometimes"}, "backbones": [DET]})
+    assert "field 'remote.mode'" in message and "sometimes" in message, message
