@@ -51,7 +51,7 @@ def import_tensorrt() -> Any:
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise BackendUnavailableError(
             f"TensorRT cannot be imported ({type(exc).__name__}: {first}); install the tensorrt extra "
-            "from NVIDIA's package index (docs/tensorrt.md)"
+            "from NVIDIA's package index (README, TensorRT)"
         ) from None
     return trt
 

@@ -1,6 +1,6 @@
 """The shared remote engine cache: a bucket (S3 API, or a shared mount) behind the local cache.
 
-Configured by the ``remote:`` block of corpus.yaml (see docs/fleet.md). Importing this
+Configured by the ``remote:`` block of corpus.yaml (see README, Fleet). Importing this
 package loads neither fsspec, s3fs nor botocore: they are imported when a store opens.
 """
 

@@ -50,7 +50,7 @@ class SigningKeyConfig:
 
 @dataclass(frozen=True)
 class RemoteConfig:
-    """The shared remote cache, as configured (see docs/fleet.md)."""
+    """The shared remote cache, as configured (see README, Fleet)."""
 
     config_path: Path
     url: str

@@ -8,7 +8,7 @@ without an upload (a failed build), so a waiter takes over without waiting for e
 A holder that dies stops renewing: its lease expires after ``lease_s`` and a waiter takes
 it over.
 
-Limits (documented in docs/fleet.md): expiry compares wall clocks, so hosts need NTP-level
+Limits (documented in README, Fleet): expiry compares wall clocks, so hosts need NTP-level
 agreement (well under ``lease_s``); two waiters taking over one expired lease at the same
 instant can both build (harmless: entries are content-verified and the sidecar is
 created conditionally); a store that ignores ``If-None-Match`` gives no exclusion at all.
