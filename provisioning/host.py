@@ -190,7 +190,7 @@ def probe_host(backend: str) -> HostCapabilities:
     if backend == "tensorrt":
         from .gpu import probe_visible_gpu, tensorrt_version
 
+        gpu = probe_visible_gpu()  # first: without a GPU, "install TensorRT" would be the wrong advice
         version = tensorrt_version()
-        gpu = probe_visible_gpu()
         return HostCapabilities("tensorrt", version, machine, read_cpu_flags(), gpu)
     raise HostProbeError(f"unknown backend {backend!r}; use onnxruntime or tensorrt")
