@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,43 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "corpus"
 PYTHON = sys.executable
+DOIT = str(Path(sys.executable).parent / "doit")
+PROJECT_ENV_VARS = ("PROVISIONING_CONFIG", "PROVISIONING_DOIT_DB")
+
+
+@dataclass
+class DoitProject:
+    """A throw-away doit project: ``root/dodo.py`` and the corpus in ``root/corpus``."""
+
+    root: Path
+
+    @property
+    def corpus(self) -> Path:
+        return self.root / "corpus"
+
+    @property
+    def config(self) -> Path:
+        return self.corpus / "corpus.yaml"
+
+    @property
+    def cache(self) -> Path:
+        return self.corpus / "cache"
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The child environment: this machine's, without settings that would redirect the run."""
+        env = {k: v for k, v in os.environ.items() if k not in PROJECT_ENV_VARS}
+        env.update(extra or {})
+        return env
+
+    def doit(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run the real ``doit`` command in the project; text output, no check."""
+        return subprocess.run([DOIT, *args], cwd=self.root, env=self.env(env), capture_output=True, text=True,
+                              timeout=timeout)
+
+    def events(self) -> list[dict]:
+        from provisioning.cache import read_events
+
+        return read_events(self.cache)
 
 
 def write_corpus_yaml(folder: Path, backbones: list[dict], **top) -> Path:

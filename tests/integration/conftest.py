@@ -11,51 +11,22 @@ Layout (the defaults a user gets)::
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from provisioning.cache import read_events
 from provisioning.manifest import manifest_path_for
 from provisioning.schema import EngineFilenameSchema
 from provisioning.sidecar import Sha256Sidecar
+from tests.conftest import DOIT, DoitProject  # noqa: F401 - DOIT is re-exported to the tests
 
-DOIT = str(Path(sys.executable).parent / "doit")
 DODO = "from provisioning.doit import DOIT_CONFIG, task_engines  # noqa: F401\n"
 FOREIGN_HOST_KEY = "x86_64-avx2-f00d00"
-_ENV_VARS = ("PROVISIONING_CONFIG", "PROVISIONING_DOIT_DB")
 
 
-@dataclass
-class Project:
+class Project(DoitProject):
     """A doit project folder with helpers to run doit in it."""
-
-    root: Path
-
-    @property
-    def corpus(self) -> Path:
-        return self.root / "corpus"
-
-    @property
-    def config(self) -> Path:
-        return self.corpus / "corpus.yaml"
-
-    @property
-    def cache(self) -> Path:
-        return self.corpus / "cache"
-
-    def doit(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-        """Run the real ``doit`` command here; text output, no check."""
-        return subprocess.run([DOIT, *args], cwd=self.root, env=clean_env(env), capture_output=True, text=True,
-                              timeout=timeout)
-
-    def events(self) -> list[dict]:
-        return read_events(self.cache)
 
     def engines(self) -> dict[str, list[Path]]:
         """This cache's canonical engines by model name."""
@@ -77,9 +48,8 @@ class Project:
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _ENV_VARS}
-    env.update(extra or {})
-    return env
+    """The environment a test's own doit children get (see :meth:`DoitProject.env`)."""
+    return DoitProject(Path(".")).env(extra)
 
 
 def task_lines(stdout: str) -> dict[str, str]:

@@ -17,9 +17,8 @@ import pytest
 
 from provisioning.sidecar import Sha256Sidecar
 
-from tests.conftest import DEFAULT_BACKBONES, write_corpus_yaml
+from tests.conftest import DEFAULT_BACKBONES, DOIT, write_corpus_yaml
 
-DOIT = str(Path(sys.executable).parent / "doit")
 HEAVY = {"onnx", "onnxruntime", "numpy", "tensorrt"}
 
 

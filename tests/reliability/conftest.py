@@ -12,21 +12,17 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from provisioning.cache import read_events
 from provisioning.manifest import read_manifest
 from provisioning.schema import EngineFilenameSchema
 from provisioning.sidecar import Sha256Sidecar, is_temp_name
-from tests.conftest import CORPUS, DEFAULT_BACKBONES, REPO, write_corpus_yaml
+from tests.conftest import CORPUS, DEFAULT_BACKBONES, DOIT, PYTHON, REPO, DoitProject, write_corpus_yaml
 
-DOIT = str(Path(sys.executable).parent / "doit")
-PYTHON = sys.executable
 MODELS = ("det", "cls", "emb")
 DODO = """\
 from provisioning.doit import DOIT_CONFIG  # noqa: F401
@@ -74,31 +70,16 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 @dataclass
-class Project:
+class Project(DoitProject):
     """A doit project: ``root/dodo.py`` (faulty backend injected), ``root/corpus/``, cache in corpus/cache."""
 
-    root: Path
     phase_log: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.phase_log = self.root / "phases.log"
 
-    @property
-    def corpus(self) -> Path:
-        return self.root / "corpus"
-
-    @property
-    def config(self) -> Path:
-        return self.corpus / "corpus.yaml"
-
-    @property
-    def cache(self) -> Path:
-        return self.corpus / "cache"
-
-    def doit(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-        """Run the real ``doit`` command in the project; text output, no check."""
-        return subprocess.run([DOIT, *args], cwd=self.root, env=child_env(env), capture_output=True, text=True,
-                              timeout=timeout)
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return child_env(extra)
 
     def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         """Start a child in its own session (so a SIGKILL takes it down like the OOM killer would)."""
@@ -110,9 +91,6 @@ class Project:
 
     def spawn_library(self, env: dict[str, str] | None = None) -> subprocess.Popen:
         return self.spawn([PYTHON, "-m", "tests.reliability.faulty_backend", str(self.config)], env)
-
-    def events(self) -> list[dict]:
-        return read_events(self.cache)
 
     def canonical_engines(self) -> list[Path]:
         """Every path in the cache with a canonical engine name (files or not)."""

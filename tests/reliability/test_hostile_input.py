@@ -19,11 +19,12 @@ GOOD_CLS = {"features": {"min": [1, 64], "opt": [8, 64], "max": [32, 64]}}
 
 
 def _bomb(levels: int = 7) -> str:
-    anchors = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    """A backbone whose first input is 9^levels ones built from nested YAML aliases."""
+    value = "&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"
     for level in range(1, levels):
-        anchors.append(f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 9) + "]")
-    return ("backend: onnxruntime\nremote: {" + ", ".join(anchors) + "}\n"
-            f"backbones: [{{model_name: det, onnx: DET, inputs: {{images: *a{levels - 1}}}}}]\n")
+        value = f"&a{level} [" + ", ".join([value] + [f"*a{level - 1}"] * 8) + "]"
+    return ("backend: onnxruntime\n"
+            f"backbones: [{{model_name: det, onnx: DET, inputs: {{bomb: {value}, images: *a{levels - 1}}}}}]\n")
 
 
 def _crafted_emb(folder: Path, models: Path, location: str) -> Path:
