@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import BackendError, BackendUnavailableError
 from .base import EngineOutput
-from .validation import compare_outputs, random_inputs
+from .validation import compare_outputs, random_inputs, run_engine, run_reference
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..compiler import BackboneSpec
@@ -90,17 +90,15 @@ class OnnxRuntimeBackend:
     def _validate(ort, source: Path, engine: Path, spec: "BackboneSpec") -> None:
         from ..onnxinfo import inspect_onnx
 
-        info = inspect_onnx(source)
-        feed = random_inputs(info.inputs, spec.input_shapes)
+        where = f"backbone {spec.model_name}"
+        feed = random_inputs(inspect_onnx(source).inputs, spec.input_shapes)
+        names, expected = run_reference(source, feed, where)
         options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        reference = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-        compiled = ort.InferenceSession(str(engine), providers=["CPUExecutionProvider"])
-        names = [o.name for o in reference.get_outputs()]
-        problems = compare_outputs(names, reference.run(names, feed), compiled.run(names, feed), "fp32")
+        options.log_severity_level = 4
+        compiled = ort.InferenceSession(str(engine), options, providers=["CPUExecutionProvider"])
+        problems = compare_outputs(names, expected, run_engine(compiled, names, feed, where), "fp32")
         if problems:
-            raise BackendError(f"backbone {spec.model_name}: validation failed: {'; '.join(problems)}")
+            raise BackendError(f"{where}: validation failed: {'; '.join(problems)}")
 
 
 class _QuantizerAdvice(logging.Filter):

@@ -30,7 +30,7 @@ from .trt_features import AMPERE_PLUS_MIN_CC, HARDWARE_COMPATIBILITY_LEVELS, Trt
 from .trt_logging import BuildLog, capture, make_progress_monitor, process_logger
 from .trt_precision import PreparedModel, prepare_precision
 from .trt_runtime import LoadedEngine, deserialize, load_verified, run_inference
-from .validation import compare_outputs, random_inputs
+from .validation import compare_outputs, random_inputs, run_reference
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..compiler import BackboneSpec
@@ -176,16 +176,10 @@ class TensorRTBackend:
 
     @staticmethod
     def _validate(trt: Any, loaded: LoadedEngine, spec: "BackboneSpec", where: str) -> None:
-        import onnxruntime as ort
-
         from ..onnxinfo import inspect_onnx
 
         feed = random_inputs(inspect_onnx(spec.onnx_path).inputs, spec.input_shapes)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(spec.onnx_path), options, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        expected = session.run(names, feed)
+        names, expected = run_reference(spec.onnx_path, feed, where)
         actual = run_inference(trt, loaded.engine, feed, where)
         missing = [n for n in names if n not in actual]
         if missing:

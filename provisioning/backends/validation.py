@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from ..errors import BackendError
 
 # (rtol, atol) by precision: reduced precisions are compared loosely, fp32 tightly.
 TOLERANCES = {"fp32": (1e-3, 1e-4), "fp16": (2e-2, 2e-2), "bf16": (5e-2, 5e-2), "int8": (1e-1, 1e-1)}
@@ -52,3 +55,41 @@ def compare_outputs(names: Sequence[str], expected: Sequence[Any], actual: Seque
         elif not np.array_equal(want, got):
             problems.append(f"output {name}: values differ")
     return problems
+
+
+def run_reference(onnx_path: Path, feed: Mapping[str, Any], where: str) -> tuple[list[str], list[Any]]:
+    """The source model's outputs for ``feed`` on ONNX Runtime's CPU provider, unoptimised.
+
+    When the source model itself cannot run on the random feed (a shape it does not accept,
+    an input whose values matter, such as a sample rate), validation cannot judge the
+    engine: that is a clear failure of the build, never a silent pass.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        return names, session.run(names, dict(feed))
+    except Exception as exc:  # onnxruntime raises its own InvalidArgument/Fail/... types
+        shapes = ", ".join(f"{k} {list(getattr(v, 'shape', []))}" for k, v in feed.items())
+        raise BackendError(
+            f"{where}: validation cannot run the source model on random inputs ({shapes}): "
+            f"{_first_line(exc)}; give 'inputs' shapes the model accepts, or set validate: false"
+        ) from None
+
+
+def run_engine(session: Any, names: Sequence[str], feed: Mapping[str, Any], where: str) -> list[Any]:
+    """Run a compiled ONNX Runtime engine; a failure is a BackendError (the engine is not published)."""
+    try:
+        return session.run(list(names), dict(feed))
+    except Exception as exc:
+        raise BackendError(f"{where}: validation: the compiled engine failed to run: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    text = text if text else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -164,9 +164,12 @@ def compile_backbone(
         request = EngineCompileRequest(backbones=(spec,), cache_dir=cache, host=host)
         result = EngineCompiler(backend, remote=remote).compile_engines_for_corpus(request).results[0]
         write_pending_inspections(cache)  # a first run's ONNX inspections: the next run skips importing onnx
-    except (ProvisioningError, OSError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return TaskFailed(f"FAILED {spec.model_name}: {text}\n")
+    except Exception as exc:  # one line for the user; the compiler logged the class and the event
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        if not isinstance(exc, (ProvisioningError, OSError)):  # a surprise: keep its type in the line
+            log.debug("%s failed", spec.model_name, exc_info=True)
+            text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        return TaskFailed(f"FAILED {spec.model_name}: {text or type(exc).__name__}\n")
     return {
         "model_name": spec.model_name,
         "outcome": result.outcome.value,

@@ -161,3 +161,21 @@ def test_import_provisioning_loads_no_heavy_library():
             "print(sorted(m for m in ('onnx', 'onnxruntime', 'tensorrt', 'doit', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert out.strip() == "[]"
+
+
+@requires_silero
+def test_validation_that_cannot_run_the_source_model_fails_clearly(tmp_path):
+    """Random inputs cannot drive every model (silero's sample rate): a clear failure, never a pass."""
+    from provisioning import BackendError
+
+    shutil.copy(SILERO / "silero_vad.onnx", tmp_path / "vad.onnx")
+    config_path = write_corpus_yaml(tmp_path, [
+        {"model_name": "vad", "onnx": "vad.onnx", "validate": True, "inputs": {"input": [1, 512]}},
+    ])
+    with pytest.raises(BackendError) as info:
+        _compile(config_path)
+    message = str(info.value)
+    assert "\n" not in message and "validation cannot run the source model" in message
+    assert "set validate: false" in message
+    cache = tmp_path / "cache"
+    assert not list(cache.glob("*.engine")) and not list(cache.glob("*.sha256"))
