@@ -146,14 +146,24 @@ class EngineCompileSummary:
         return {r.model_name: r for r in self.results}
 
 
-def expected_build_inputs(spec: BackboneSpec, host: HostCapabilities) -> BuildInputs:
-    """Today's reuse key for ``spec`` on ``host`` (hashes the ONNX and its external data)."""
-    identity = host.identity(
-        hardware_compatibility=spec.hardware_compatibility,
-        version_compatible=spec.version_compatible,
+def expected_build_inputs(spec: BackboneSpec, host: HostCapabilities, onnx_sha256: str | None = None) -> BuildInputs:
+    """Today's reuse key for ``spec`` on ``host``.
+
+    The ONNX and its external data are hashed unless ``onnx_sha256`` is given (a caller
+    that knows the files are unchanged since that digest was taken).
+    """
+    return BuildInputs(
+        onnx_sha256=onnx_sha256 if onnx_sha256 is not None else _onnx_digest(spec),
+        build_settings=spec.build_settings(host.backend),
+        host=host.identity_for(spec).as_dict(),
+        backend=host.backend,
+        backend_version=host.backend_version,
     )
+
+
+def _onnx_digest(spec: BackboneSpec) -> str:
     try:
-        digest = onnx_digest(spec.onnx_path, spec.external_data)
+        return onnx_digest(spec.onnx_path, spec.external_data)
     except FileNotFoundError as exc:
         raise ConfigError(
             f"backbone {spec.model_name}: ONNX input {exc.filename or spec.onnx_path} disappeared; "
@@ -163,13 +173,6 @@ def expected_build_inputs(spec: BackboneSpec, host: HostCapabilities) -> BuildIn
         raise ConfigError(
             f"backbone {spec.model_name}: cannot read {exc.filename or spec.onnx_path} ({exc.strerror or exc})"
         ) from None
-    return BuildInputs(
-        onnx_sha256=digest,
-        build_settings=spec.build_settings(host.backend),
-        host=identity.as_dict(),
-        backend=host.backend,
-        backend_version=host.backend_version,
-    )
 
 
 @dataclass(frozen=True)
@@ -270,9 +273,7 @@ class EngineCompiler:
             expected = expected_build_inputs(spec, host)
         finally:
             verification = engine_check.result()
-        host_key = host.identity(
-            hardware_compatibility=spec.hardware_compatibility, version_compatible=spec.version_compatible
-        ).host_key
+        host_key = host.identity_for(spec).host_key
         check = check_entry(engine_path, spec.model_name, expected, verify=lambda _: verification)
         if check.hit:
             return self._finish(request, host_key, EngineCompileResult(check.entry, CompileOutcome.REUSED, None))

@@ -16,8 +16,12 @@ import platform
 import re
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 from .errors import BackendUnavailableError, HostProbeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .compiler import BackboneSpec
 
 ORT_DISTRIBUTIONS = (
     "onnxruntime",
@@ -97,6 +101,12 @@ class HostCapabilities:
     machine: str
     cpu_flags: tuple[str, ...] = ()
     gpu: GpuInfo | None = None
+
+    def identity_for(self, spec: "BackboneSpec") -> HostIdentity:
+        """The identity ``spec``'s engine carries here (its compatibility settings applied)."""
+        return self.identity(
+            hardware_compatibility=spec.hardware_compatibility, version_compatible=spec.version_compatible
+        )
 
     def identity(self, *, hardware_compatibility: str = "none", version_compatible: bool = False) -> HostIdentity:
         """The identity an engine built here with these compatibility settings carries."""

@@ -55,10 +55,7 @@ class EngineFilenameSchema:
     @staticmethod
     def build(spec: "BackboneSpec", host: "HostCapabilities") -> str:
         """The canonical file name of ``spec`` built on ``host``."""
-        identity = host.identity(
-            hardware_compatibility=spec.hardware_compatibility,
-            version_compatible=spec.version_compatible,
-        )
+        identity = host.identity_for(spec)
         return EngineFilenameSchema.compose(
             ParsedEngineName(
                 model_name=spec.model_name,

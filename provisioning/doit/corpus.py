@@ -47,9 +47,7 @@ class LoadedCorpus:
 
     def host_key(self, spec: BackboneSpec) -> str:
         """The host key ``spec``'s engine carries on this host."""
-        return self.host.identity(
-            hardware_compatibility=spec.hardware_compatibility, version_compatible=spec.version_compatible
-        ).host_key
+        return self.host.identity_for(spec).host_key
 
 
 def load_config_only(path: Path) -> ProvisioningConfig:

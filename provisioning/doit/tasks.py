@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..cache import check_entry, entry_files
-from ..compiler import BackboneSpec, EngineCompiler, EngineCompileRequest
+from ..compiler import BackboneSpec, EngineCompiler, EngineCompileRequest, expected_build_inputs
 from ..config import ProvisioningConfig
 from ..errors import ProvisioningError
 from ..host import HostCapabilities
-from ..manifest import BuildInputs
 from ..onnxinfo import write_pending_inspections
 from ..sidecar import Verification
 from .corpus import config_path, load_corpus
@@ -115,17 +114,7 @@ class EngineUpToDate:
         onnx_sha256 = values.get(ONNX_DIGEST_VALUE)
         if values.get(CHECKER_VALUE) != self.engine_path.name or not isinstance(onnx_sha256, str):
             return False
-        identity = self.host.identity(
-            hardware_compatibility=self.spec.hardware_compatibility,
-            version_compatible=self.spec.version_compatible,
-        )
-        expected = BuildInputs(
-            onnx_sha256=onnx_sha256,
-            build_settings=self.spec.build_settings(self.host.backend),
-            host=identity.as_dict(),
-            backend=self.host.backend,
-            backend_version=self.host.backend_version,
-        )
+        expected = expected_build_inputs(self.spec, self.host, onnx_sha256)
         verify = self.verifier.check if self.verifier is not None else None
         return check_entry(self.engine_path, self.spec.model_name, expected, verify=verify).hit
 
