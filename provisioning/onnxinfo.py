@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .sidecar import atomic_write_bytes, hash_fd, open_nofollow
+from .sidecar import atomic_write_bytes, hash_fd, open_nofollow, stat_signature
 
 INSPECT_DIR = ".inspect"
 
@@ -114,10 +114,9 @@ def _parse_model(onnx, path: Path, decode_error: type[Exception]):
 
 def _stat_signature(path: Path) -> list[int] | None:
     try:
-        st = os.stat(path)
+        return stat_signature(os.stat(path))
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def _record_path(cache_dir: Path, path: Path) -> Path:
@@ -260,24 +259,19 @@ def onnx_digest(path: Path, external_data: tuple[Path, ...] = ()) -> str:
 
 # Digests this process computed for the reuse key, so that doit's file_dep check right after
 # the action (see provisioning.doit.filedep) does not read the same bytes a second time.
-_KNOWN_DIGESTS: dict[str, tuple[tuple[int, ...], str]] = {}
+_KNOWN_DIGESTS: dict[str, tuple[list[int], str]] = {}
 _RACY_NS = 2_000_000_000  # a file written this recently may change again within one mtime tick
-
-
-def _fd_signature(fd: int) -> tuple[int, ...]:
-    st = os.fstat(fd)
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 def _hash_and_remember(path: Path) -> str:
     fd = open_nofollow(path)
     try:
         started = time.time_ns()
-        before = _fd_signature(fd)
+        before = stat_signature(os.fstat(fd))
         digest, _ = hash_fd(fd)
         # Like git's racy-clean rule: remember only files that were not just written, and
         # that did not change while they were read.
-        if _fd_signature(fd) == before and max(before[1], before[2]) < started - _RACY_NS:
+        if stat_signature(os.fstat(fd)) == before and max(before[1], before[2]) < started - _RACY_NS:
             _KNOWN_DIGESTS[os.path.abspath(path)] = (before, digest)
     finally:
         os.close(fd)
@@ -293,6 +287,6 @@ def known_sha256(path: str | os.PathLike[str]) -> str | None:
         st = os.stat(path, follow_symlinks=False)
     except OSError:
         return None
-    if (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev) != known[0]:
+    if stat_signature(st) != known[0]:
         return None
     return known[1]

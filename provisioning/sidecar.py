@@ -76,6 +76,15 @@ def open_nofollow(path: str | os.PathLike[str]) -> int:
     return fd
 
 
+def stat_signature(st: os.stat_result) -> list[int]:
+    """What changes when a file's bytes may have changed: size, mtime, ctime, inode, device.
+
+    ctime cannot be set from user space, so a write that restores the old mtime still shows.
+    A list, so that it compares equal to its own JSON round trip.
+    """
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
 def temp_path_for(dest: Path) -> Path:
     """A process-unique temporary name beside ``dest``; recognisable by its suffix."""
     return dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")

@@ -21,17 +21,16 @@ from collections import deque
 from pathlib import Path
 from typing import ContextManager, Iterable
 
-from .sidecar import Sha256Sidecar, Verification, atomic_write_bytes, open_nofollow
+from .sidecar import Sha256Sidecar, Verification, atomic_write_bytes, open_nofollow, stat_signature
 
 VERIFIED_DIR = ".verified"
 
 
 def _signature(path: Path) -> list[int] | None:
     try:
-        st = os.lstat(path)
+        return stat_signature(os.lstat(path))
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
 def record_path(engine_path: Path) -> Path:
