@@ -118,7 +118,8 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: memoryview) -> None:
+def write_all(fd: int, data: memoryview) -> None:
+    """Write every byte of ``data`` (os.write may write less than asked)."""
     while data:
         written = os.write(fd, data)
         data = data[written:]
@@ -135,7 +136,7 @@ def write_temp(dest: Path, payload: Payload, *, move: bool = False) -> tuple[Pat
         moved = _move_to_temp(dest, payload)
         if moved is not None:
             return moved
-    fd, tmp = _create_temp(dest)
+    fd, tmp = create_temp(dest)
     try:
         digest = hashlib.sha256()
         size = 0
@@ -149,7 +150,7 @@ def write_temp(dest: Path, payload: Payload, *, move: bool = False) -> tuple[Pat
                     if not n:
                         break
                     digest.update(view[:n])
-                    _write_all(fd, view[:n])
+                    write_all(fd, view[:n])
                     size += n
             finally:
                 os.close(src)
@@ -158,7 +159,7 @@ def write_temp(dest: Path, payload: Payload, *, move: bool = False) -> tuple[Pat
             for start in range(0, len(view), CHUNK_BYTES):
                 chunk = view[start : start + CHUNK_BYTES]
                 digest.update(chunk)
-                _write_all(fd, chunk)
+                write_all(fd, chunk)
             size = len(view)
         os.fsync(fd)
     except BaseException:
@@ -195,8 +196,11 @@ def _move_to_temp(dest: Path, source: Path) -> tuple[Path, str, int] | None:
     return tmp, sha256, size
 
 
-def _create_temp(dest: Path) -> tuple[int, Path]:
-    """Create a fresh temporary file beside ``dest`` (never opening anything already there)."""
+def create_temp(dest: Path) -> tuple[int, Path]:
+    """Create a fresh temporary file beside ``dest`` for writing: ``(fd, path)``.
+
+    Never opens anything already there (O_EXCL, O_NOFOLLOW); the caller removes it.
+    """
     for _ in range(4):
         tmp = temp_path_for(dest)
         try:

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..cache import EngineCacheEntry
 from ..compiler import RemoteFetch
 from ..manifest import BuildInputs, explain_mismatch, manifest_path_for
-from ..sidecar import Sha256Sidecar, open_nofollow, temp_path_for
+from ..sidecar import Sha256Sidecar, create_temp, open_nofollow, write_all
 from .config import RemoteConfig
 from .lease import BuilderLease, read_lease
 from .signing import EntrySigner, entry_message
@@ -33,7 +33,6 @@ log = logging.getLogger("provisioning.remote")
 _SIDECAR_RE = re.compile(r"([0-9a-f]{64}) [ *](.+)\n?")
 _MAX_MANIFEST = 1 << 20
 _MAX_SMALL = 4096
-_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class Unverified(Exception):
@@ -158,9 +157,9 @@ class RemoteCache:
             raise Unverified("sidecar present but the engine object is missing")
         if remote_size != size:
             raise Unverified(f"engine object is {remote_size} bytes, its manifest says {size}")
-        tmp = temp_path_for(engine_path)
+        fd, tmp = create_temp(engine_path)
         try:
-            self._download_to(engine_key, tmp, size, sha256, deadline)
+            self._download_to(engine_key, fd, size, sha256, deadline)
             self._publish_locally(engine_path, tmp, manifest_blob, sha256)
         finally:
             try:
@@ -179,9 +178,9 @@ class RemoteCache:
         if not check.ok:
             raise Unverified(check.reason)
 
-    def _download_to(self, key: str, tmp: Path, size: int, sha256: str, deadline: float) -> None:
+    def _download_to(self, key: str, fd: int, size: int, sha256: str, deadline: float) -> None:
+        """Stream the object into ``fd`` (closed here), hashing as it goes."""
         digest = hashlib.sha256()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o644)
         try:
             offset = 0
             while offset < size:
@@ -190,9 +189,7 @@ class RemoteCache:
                 if not chunk:
                     raise Unverified(f"engine object truncated at {offset} of {size} bytes")
                 digest.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
+                write_all(fd, memoryview(chunk))
                 offset += len(chunk)
             os.fsync(fd)
         finally:

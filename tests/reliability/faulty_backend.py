@@ -48,14 +48,14 @@ def _throttle_writes(delay: float) -> None:
 
     if getattr(sidecar, "_reliability_throttled", False):
         return
-    real_write_all = sidecar._write_all
+    real_write_all = sidecar.write_all
 
     def slow_write_all(fd: int, data: memoryview) -> None:
         for start in range(0, len(data), THROTTLED_CHUNK):
             real_write_all(fd, data[start : start + THROTTLED_CHUNK])
             time.sleep(delay)
 
-    sidecar._write_all = slow_write_all
+    sidecar.write_all = slow_write_all
     sidecar._reliability_throttled = True
 
 
