@@ -8,7 +8,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..cache import check_entry
+from ..cache import check_entry, entry_files
 from ..compiler import expected_build_inputs
 from ..gc import CacheScan, plan_gc
 from ..manifest import explain_mismatch, read_manifest
@@ -83,7 +83,7 @@ def status_totals(corpus: LoadedCorpus, scan: CacheScan, rows: list[EngineStatus
     return {
         "backbones": len(corpus.specs),
         **counts,
-        "cache_files": len(scan.engines) * 3 + len(scan.leftovers),
+        "cache_files": sum(1 for e in scan.engines for f in entry_files(e.path) if f.exists()) + len(scan.leftovers),
         "cache_bytes": scan.total_bytes,
         "gc_reclaimable_bytes": plan.bytes_freed,
     }

@@ -41,6 +41,9 @@ def test_status_names_each_state_with_the_input_that_changed(project: Project) -
     fresh = project.status_json()
     rows = {r["model_name"]: r for r in fresh["backbones"]}
     assert {r["state"] for r in rows.values()} == {"fresh"} and fresh["totals"]["fresh"] == 3
+    # engine, sidecar, manifest (and trusted-stat records); lock files are not entry files
+    entry_files = [p for p in project.cache.rglob("*.engine*") if p.is_file() and p.parent.name != ".locks"]
+    assert fresh["totals"]["cache_files"] == len(entry_files)
     det = project.engine("det")
     assert rows["det"]["path"] == str(det) and rows["det"]["size"] == _entry_size(det)
     assert rows["det"]["host_key"] in det.name and rows["det"]["host_key"] == fresh["host_key"]
