@@ -63,6 +63,8 @@ class BackboneSpec:
     validate: bool = False
     hardware_compatibility: str = "none"
     version_compatible: bool = False
+    # TensorRT-RTX: the compute capabilities the plan targets (sorted ``sm86`` tags; part of the host key)
+    compute_capabilities: tuple[str, ...] = ()
 
     @property
     def input_shapes(self) -> dict[str, InputShape]:
@@ -75,8 +77,9 @@ class BackboneSpec:
             "precision": self.precision,
             "inputs": {name: shape.as_dict() for name, shape in sorted(self.inputs)},
         }
-        if backend == "tensorrt":
+        if backend in ("tensorrt", "tensorrt-rtx"):
             settings["workspace_mb"] = self.workspace_mb
+        if backend == "tensorrt":
             settings["hardware_compatibility"] = self.hardware_compatibility
             settings["version_compatible"] = self.version_compatible
         return settings

@@ -7,13 +7,15 @@ both handed in.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 
 from .backends.base import CompileEngineCallable
 from .compiler import BackboneSpec, EngineCompiler, EngineCompileRequest
-from .config import SUPPORTED_PRECISIONS, ProvisioningConfig, load_config, unsupported_precision
+from .config import (SUPPORTED_PRECISIONS, TENSORRT_BACKENDS, BackboneConfig, ProvisioningConfig, load_config,
+                     unsupported_precision)
 from .errors import BackendUnavailableError, ConfigError
-from .host import HostCapabilities, probe_host
+from .host import HostCapabilities, probe_host, sort_targets
 from .onnxinfo import cached_inspection, inspect_onnx, remember_inspection
 
 __all__ = [
@@ -28,7 +30,11 @@ __all__ = [
 
 
 def resolve_backend(config: ProvisioningConfig) -> str:
-    """``onnxruntime`` or ``tensorrt``; ``auto`` picks TensorRT when it is installed and a GPU is visible."""
+    """The config's backend; ``auto`` picks TensorRT when it is installed and a GPU is visible.
+
+    ``auto`` never picks TensorRT-RTX: its engines run only on the GPUs listed as targets,
+    so choosing it is the user's decision (``backend: tensorrt-rtx``).
+    """
     if config.backend != "auto":
         return config.backend
     if importlib.util.find_spec("tensorrt") is None:
@@ -39,8 +45,53 @@ def resolve_backend(config: ProvisioningConfig) -> str:
 
 
 def probe_host_for(config: ProvisioningConfig, backend: str | None = None) -> HostCapabilities:
-    """Probe this host for the config's backend (milliseconds, no heavy imports)."""
-    return probe_host(backend or resolve_backend(config))
+    """Probe this host for the config's backend (milliseconds, no heavy imports).
+
+    For TensorRT-RTX the host also carries the union of the backbones' targets, the host
+    key that ``engines-status`` and ``engines-key`` show.
+    """
+    host = probe_host(backend or resolve_backend(config))
+    if host.backend != "tensorrt-rtx":
+        return host
+    targets: set[str] = set()
+    for backbone in config.backbones:
+        try:
+            targets.update(rtx_targets(config, backbone, host))
+        except ConfigError:
+            continue  # build_backbone_specs reports it, naming the backbone
+    return replace(host, compute_capabilities=sort_targets(targets))
+
+
+def rtx_targets(config: ProvisioningConfig, backbone: BackboneConfig, host: HostCapabilities) -> tuple[str, ...]:
+    """The backbone's TensorRT-RTX targets, ``current`` resolved, checked against the installed version."""
+    from .backends.tensorrt import compute_capability_targets
+
+    where = f"{config.config_path}: backbone {backbone.model_name}: field 'compute_capabilities'"
+    known = compute_capability_targets("tensorrt_rtx")
+    allowed = ", ".join(known)
+    raw = backbone.compute_capabilities or config.compute_capabilities
+    if raw is None:
+        if host.gpu is None:
+            raise ConfigError(f"{where}: missing, and no GPU is visible to build for; list the target GPUs, "
+                              f"e.g. compute_capabilities: [sm86, sm89] (TensorRT-RTX {host.backend_version} "
+                              f"targets {allowed}; current needs a visible GPU)")
+        raw = ("current",)
+    resolved = []
+    for item in raw:
+        if item == "current":
+            if host.gpu is None:
+                raise ConfigError(f"{where}: current means the visible GPU and none is visible; list the "
+                                  f"targets instead (TensorRT-RTX {host.backend_version} targets {allowed})")
+            item = host.gpu.sm
+            if item not in known:
+                raise ConfigError(f"{where}: current is {host.gpu.name} ({item}), which TensorRT-RTX "
+                                  f"{host.backend_version} cannot target (it targets {allowed}); list the "
+                                  "targets of your inference GPUs instead")
+        elif item not in known:
+            raise ConfigError(f"{where}: {item} is not a target of TensorRT-RTX {host.backend_version}; use "
+                              f"some of {allowed}")
+        resolved.append(item)
+    return sort_targets(resolved)
 
 
 def make_backend(name: str) -> CompileEngineCallable:
@@ -49,18 +100,24 @@ def make_backend(name: str) -> CompileEngineCallable:
         from .backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend()
-    if name == "tensorrt":
+    if name in TENSORRT_BACKENDS:
         try:
             from .backends.tensorrt import TensorRTBackend
         except ImportError as exc:  # pragma: no cover - the module itself imports nothing heavy
             raise BackendUnavailableError(f"the TensorRT backend cannot be loaded ({exc})") from None
-        return TensorRTBackend()
-    raise BackendUnavailableError(f"unknown backend {name!r}; use onnxruntime or tensorrt")
+        return TensorRTBackend(name)
+    raise BackendUnavailableError(f"unknown backend {name!r}; use onnxruntime, tensorrt or tensorrt-rtx")
 
 
-def build_backbone_specs(config: ProvisioningConfig, backend: str | None = None) -> tuple[BackboneSpec, ...]:
-    """Resolve every backbone against its ONNX file; ConfigError names file, backbone and field."""
-    backend = backend or resolve_backend(config)
+def build_backbone_specs(config: ProvisioningConfig, backend: str | None = None, *,
+                         host: HostCapabilities | None = None) -> tuple[BackboneSpec, ...]:
+    """Resolve every backbone against its ONNX file; ConfigError names file, backbone and field.
+
+    ``host`` (probed when needed and not given) resolves TensorRT-RTX targets.
+    """
+    backend = backend or (host.backend if host is not None else resolve_backend(config))
+    if backend == "tensorrt-rtx" and (host is None or host.backend != backend):
+        host = probe_host_for(config, backend)
     specs = []
     fresh = []  # inspections to remember, written only once the whole config is valid
     for backbone in config.backbones:
@@ -89,13 +146,25 @@ def build_backbone_specs(config: ProvisioningConfig, backend: str | None = None)
                         f"{where}: field 'inputs.{name}': axis {axis} is fixed to {fixed} in the ONNX "
                         f"{_dims_text(graph_input.dims)}; the profile must use {fixed} there"
                     )
-        if backend == "tensorrt":
+        targets: tuple[str, ...] = ()
+        if backend in TENSORRT_BACKENDS:
             for graph_input in info.inputs:
                 if not graph_input.is_static and graph_input.name not in backbone.inputs:
                     raise ConfigError(
                         f"{where}: field 'inputs': ONNX input {graph_input.name!r} has dynamic dims "
                         f"{_dims_text(graph_input.dims)}; give it a shape or a min/opt/max profile"
                     )
+            _check_shared_dim_names(info, backbone, where)
+        if backend == "tensorrt-rtx":
+            assert host is not None
+            targets = rtx_targets(config, backbone, host)
+            if backbone.validate and (host.gpu is None or host.gpu.sm not in targets):
+                gpu = "no GPU is visible" if host.gpu is None else \
+                    f"the visible GPU ({host.gpu.name}, {host.gpu.sm}) is not among the targets"
+                raise ConfigError(
+                    f"{where}: field 'validate': validation runs the engine on a GPU and {gpu}; set "
+                    "validate: false here (the engine is still built and sealed) and validate on an "
+                    "inference host, or add that GPU's target")
         specs.append(
             BackboneSpec(
                 model_name=backbone.model_name,
@@ -107,12 +176,42 @@ def build_backbone_specs(config: ProvisioningConfig, backend: str | None = None)
                 validate=backbone.validate,
                 hardware_compatibility=backbone.hardware_compatibility,
                 version_compatible=backbone.version_compatible,
+                compute_capabilities=targets,
             )
         )
     if fresh:  # kept in memory until a build creates the cache folder (see remember_inspection)
         for info in fresh:
             remember_inspection(info, config.cache_dir)
     return tuple(specs)
+
+
+def _check_shared_dim_names(info, backbone: BackboneConfig, where: str) -> None:
+    """TensorRT treats ONNX dims that share a ``dim_param`` as one size: the profile must agree.
+
+    rapidocr's ``ch_ppocr_mobile_v2.0_cls_infer.onnx`` has ``x: [-1, 3, '?', '?']``; a 48x192
+    profile fails deep in the builder ("contradictory IOptimizationProfile kMIN/kMAX
+    constraints"). Said here, before anything is built.
+    """
+    groups: dict[str, list[tuple[str, int]]] = {}
+    for graph_input in info.inputs:
+        for axis, dim in enumerate(graph_input.dims):
+            if isinstance(dim, str) and dim:
+                groups.setdefault(dim, []).append((graph_input.name, axis))
+    for dim_name, places in groups.items():
+        if len(places) < 2:
+            continue
+        sizes = {}
+        for name, axis in places:
+            shape = backbone.inputs.get(name)
+            if shape is not None and axis < len(shape.opt):
+                sizes[(name, axis)] = (shape.min[axis], shape.opt[axis], shape.max[axis])
+        if len(set(sizes.values())) > 1:
+            first_input = next(name for name, _ in sizes)
+            shown = ", ".join(f"{name} axis {axis} {'/'.join(map(str, size))}" for (name, axis), size in sizes.items())
+            raise ConfigError(
+                f"{where}: field 'inputs.{first_input}': {shown} (min/opt/max) share the ONNX dim name "
+                f"{dim_name!r}, which TensorRT treats as one size; give those axes equal sizes, or re-export "
+                "the model with distinct dim names (e.g. height and width)")
 
 
 def _dims_text(dims) -> str:
@@ -140,5 +239,5 @@ def build_compile_request(
 ) -> EngineCompileRequest:
     """A request for the whole corpus on this host."""
     host = host or probe_host_for(config)
-    specs = specs if specs is not None else build_backbone_specs(config, host.backend)
+    specs = specs if specs is not None else build_backbone_specs(config, host.backend, host=host)
     return EngineCompileRequest(backbones=specs, cache_dir=Path(config.cache_dir), host=host)

@@ -19,11 +19,24 @@ import yaml
 
 from .errors import ConfigError
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "tensorrt-rtx")
+TENSORRT_BACKENDS = ("tensorrt", "tensorrt-rtx")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 SUPPORTED_PRECISIONS = {
     "onnxruntime": ("fp32", "int8"),
     "tensorrt": ("fp32", "fp16", "bf16", "int8"),
+    "tensorrt-rtx": ("fp32", "fp16", "bf16", "int8"),
+}
+# Compute-capability targets of TensorRT-RTX as written in a config: sm86, SM120, or current
+# (the visible GPU). Which targets exist is the installed version's ComputeCapability enum,
+# checked in compose once the backend is known.
+TARGET_RE = re.compile(r"(?i)sm[1-9][0-9]{1,2}|current")
+# What TensorRT-RTX cannot honour, and why (refused when the config is loaded).
+RTX_UNSUPPORTED = {
+    "hardware_compatibility": "TensorRT-RTX has no hardware compatibility levels (an RTX engine already runs "
+                              "on every GPU of its compute_capabilities); remove it or set none",
+    "version_compatible": "TensorRT-RTX cannot build version-compatible engines (it ships no lean runtime); "
+                          "remove it or set false",
 }
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
 VERIFY_MODES = ("full", "stat")
@@ -50,7 +63,7 @@ def _names(keys: Any) -> str:
     return ", ".join(names[:5]) + more
 
 
-_TOP_KEYS = ("cache_dir", "backend", "workspace_mb", "verify", "backbones", "remote")
+_TOP_KEYS = ("cache_dir", "backend", "workspace_mb", "verify", "compute_capabilities", "backbones", "remote")
 _BACKBONE_KEYS = (
     "model_name",
     "onnx",
@@ -59,6 +72,7 @@ _BACKBONE_KEYS = (
     "validate",
     "hardware_compatibility",
     "version_compatible",
+    "compute_capabilities",
 )
 
 
@@ -91,6 +105,8 @@ class BackboneConfig:
     validate: bool = False
     hardware_compatibility: str = "none"
     version_compatible: bool = False
+    # TensorRT-RTX targets as written (lower case), None: the top-level list applies
+    compute_capabilities: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +120,8 @@ class ProvisioningConfig:
     verify: str
     backbones: tuple[BackboneConfig, ...]
     remote: Mapping[str, Any] | None = None
+    # TensorRT-RTX targets for every backbone without its own list (None: not given)
+    compute_capabilities: tuple[str, ...] | None = None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -189,6 +207,7 @@ def parse_config(data: Any, config_path: Path) -> ProvisioningConfig:
     backend = _choice(data.get("backend", "auto"), BACKENDS, where, key="backend")
     workspace_mb = _int_field(data.get("workspace_mb", DEFAULT_WORKSPACE_MB), where, key="workspace_mb")
     verify = _choice(data.get("verify", "full"), VERIFY_MODES, where, key="verify")
+    targets = _targets(data.get("compute_capabilities"), backend, where)
     remote = data.get("remote")
     if remote is not None:
         if not isinstance(remote, dict):
@@ -224,7 +243,31 @@ def parse_config(data: Any, config_path: Path) -> ProvisioningConfig:
         verify=verify,
         backbones=tuple(backbones),
         remote=remote,
+        compute_capabilities=targets,
     )
+
+
+def _targets(raw: Any, backend: str, where: _Where, backbone: str | None = None) -> tuple[str, ...] | None:
+    """A ``compute_capabilities`` list, checked for form (membership is checked in compose)."""
+    if raw is None:
+        return None
+    key = "compute_capabilities"
+    if backend != "tensorrt-rtx":
+        raise where.error(
+            f"applies only to backend: tensorrt-rtx (this config uses {backend}); remove it or set "
+            "backend: tensorrt-rtx", backbone=backbone, key=key)
+    if not isinstance(raw, list) or not raw:
+        raise where.error("must be a non-empty list such as [sm86, sm89, sm120] (or [current] on a GPU host)",
+                          backbone=backbone, key=key)
+    seen: list[str] = []
+    for item in raw:
+        if not isinstance(item, str) or not TARGET_RE.fullmatch(item):
+            raise where.error(f"{_shown(item)} is not a compute capability; write it like sm86 or sm120, "
+                              "or current for the visible GPU", backbone=backbone, key=key)
+        if item.lower() in seen:
+            raise where.error(f"{item} is listed twice", backbone=backbone, key=key)
+        seen.append(item.lower())
+    return tuple(seen)
 
 
 def _parse_backbone(raw: Any, index: int, base: Path, where: _Where, backend: str) -> BackboneConfig:
@@ -260,6 +303,12 @@ def _parse_backbone(raw: Any, index: int, base: Path, where: _Where, backend: st
         key="hardware_compatibility",
     )
     version_compatible = _bool_field(raw.get("version_compatible", False), where, name, "version_compatible")
+    if backend == "tensorrt-rtx":
+        for key, value, default in (("hardware_compatibility", hwc, "none"),
+                                    ("version_compatible", version_compatible, False)):
+            if value != default:
+                raise where.error(f"{_shown(value)}: {RTX_UNSUPPORTED[key]}", backbone=name, key=key)
+    targets = _targets(raw.get("compute_capabilities"), backend, where, backbone=name)
     return BackboneConfig(
         model_name=name,
         onnx=onnx,
@@ -268,6 +317,7 @@ def _parse_backbone(raw: Any, index: int, base: Path, where: _Where, backend: st
         validate=validate,
         hardware_compatibility=hwc,
         version_compatible=version_compatible,
+        compute_capabilities=targets,
     )
 
 

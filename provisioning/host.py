@@ -31,12 +31,22 @@ ORT_DISTRIBUTIONS = (
     "onnxruntime-qnn",
     "ort-nightly",
 )
+# The bindings distributions first: they carry the version the module reports, while a
+# metapackage may add a ``.postN`` of its own (tensorrt 10.x: 10.16.1.11.post1).
 TRT_DISTRIBUTIONS = (
+    "tensorrt_cu13_bindings",
+    "tensorrt_cu12_bindings",
+    "tensorrt_cu11_bindings",
     "tensorrt",
     "tensorrt-cu13",
     "tensorrt-cu12",
-    "tensorrt_cu13_bindings",
-    "tensorrt_cu12_bindings",
+)
+RTX_DISTRIBUTIONS = (
+    "tensorrt_rtx_cu13_bindings",
+    "tensorrt_rtx_cu12_bindings",
+    "tensorrt_rtx",
+    "tensorrt_rtx_cu13",
+    "tensorrt_rtx_cu12",
 )
 # Flags that change which kernels ONNX Runtime (MLAS) picks, x86 and Arm.
 _ISA_EXACT = {
@@ -44,7 +54,7 @@ _ISA_EXACT = {
     "asimd", "asimddp", "asimdhp", "fphp", "sve", "sve2", "i8mm", "bf16", "sme",
 }
 _ISA_PATTERN = re.compile(r"avx512.*|.*vnni.*|.*bf16.*|amx_.*|avx_.*")
-_BACKEND_TAGS = {"onnxruntime": "ort", "tensorrt": "trt"}
+_BACKEND_TAGS = {"onnxruntime": "ort", "tensorrt": "trt", "tensorrt-rtx": "trtrtx"}
 
 
 @dataclass(frozen=True)
@@ -101,18 +111,24 @@ class HostCapabilities:
     machine: str
     cpu_flags: tuple[str, ...] = ()
     gpu: GpuInfo | None = None
+    # TensorRT-RTX: the config's default targets (sorted ``sm86`` tags), for identity() without a spec
+    compute_capabilities: tuple[str, ...] = ()
 
     def identity_for(self, spec: "BackboneSpec") -> HostIdentity:
         """The identity ``spec``'s engine carries here (its compatibility settings applied)."""
         return self.identity(
-            hardware_compatibility=spec.hardware_compatibility, version_compatible=spec.version_compatible
+            hardware_compatibility=spec.hardware_compatibility, version_compatible=spec.version_compatible,
+            compute_capabilities=spec.compute_capabilities,
         )
 
-    def identity(self, *, hardware_compatibility: str = "none", version_compatible: bool = False) -> HostIdentity:
+    def identity(self, *, hardware_compatibility: str = "none", version_compatible: bool = False,
+                 compute_capabilities: tuple[str, ...] = ()) -> HostIdentity:
         """The identity an engine built here with these compatibility settings carries."""
         tag = _BACKEND_TAGS.get(self.backend, re.sub(r"[^a-z0-9]+", "", self.backend.lower()) or "x")
         if self.backend == "tensorrt":
             return self._trt_identity(tag, hardware_compatibility, version_compatible)
+        if self.backend == "tensorrt-rtx":
+            return self._rtx_identity(tag, compute_capabilities or self.compute_capabilities)
         return HostIdentity(
             backend=self.backend,
             backend_tag=tag,
@@ -139,6 +155,18 @@ class HostCapabilities:
         digest = hashlib.sha256(",".join(sorted(flags)).encode()).hexdigest()[:6]
         return f"{machine}-{tier}-{digest}"
 
+    def _rtx_identity(self, tag: str, targets: tuple[str, ...]) -> HostIdentity:
+        """TensorRT-RTX: the version and the target list, never the machine that built it.
+
+        A CPU-only builder (CI, ``docker build``) and a GPU host of one of the targets
+        compute the same name, so they share the engine.
+        """
+        if not targets:
+            raise HostProbeError("a TensorRT-RTX engine needs compute_capabilities targets; list them in the config")
+        ordered = sort_targets(targets)
+        details = {"compute_capabilities": list(ordered), "tensorrt_rtx_version": self.backend_version}
+        return HostIdentity("tensorrt-rtx", tag, self.backend_version, "-".join(ordered), details)
+
     def _trt_identity(self, tag: str, hwc: str, version_compatible: bool) -> HostIdentity:
         if self.gpu is None:
             raise HostProbeError("the TensorRT host has no GPU recorded; probe the host with a visible GPU")
@@ -163,6 +191,14 @@ class HostCapabilities:
         return HostIdentity("tensorrt", tag, version_tag, host_key, details)
 
 
+def sort_targets(targets) -> tuple[str, ...]:
+    """``sm`` tags deduplicated and in numeric order: sm86, sm89, sm120 (not sm120, sm86)."""
+    def number(tag: str) -> int:
+        digits = tag.lower().removeprefix("sm")
+        return int(digits) if digits.isdigit() else 1 << 30
+    return tuple(sorted({t.lower() for t in targets}, key=lambda t: (number(t), t)))
+
+
 def installed_version(distributions: tuple[str, ...]) -> str | None:
     """The version of the first installed distribution among ``distributions``."""
     for name in distributions:
@@ -171,6 +207,21 @@ def installed_version(distributions: tuple[str, ...]) -> str | None:
         except metadata.PackageNotFoundError:
             continue
     return None
+
+
+def tensorrt_library_version(module: str = "tensorrt") -> str:
+    """TensorRT's (``tensorrt``) or TensorRT-RTX's (``tensorrt_rtx``) full version, from package metadata.
+
+    Only a tarball or distribution-package install without metadata makes this import the
+    module (through the backend, the one place that imports TensorRT). At build and load
+    time the module's own ``__version__`` is the authority (the backend compares them).
+    """
+    version = installed_version(RTX_DISTRIBUTIONS if module == "tensorrt_rtx" else TRT_DISTRIBUTIONS)
+    if version is not None:
+        return version
+    from .backends.tensorrt import import_tensorrt
+
+    return str(import_tensorrt(module).__version__)
 
 
 def read_cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> tuple[str, ...]:
@@ -188,7 +239,7 @@ def read_cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> tuple[str, ...]:
 
 
 def probe_host(backend: str) -> HostCapabilities:
-    """Probe this host for ``backend`` ('onnxruntime' or 'tensorrt'); milliseconds, no heavy imports."""
+    """Probe this host for ``backend`` ('onnxruntime', 'tensorrt', 'tensorrt-rtx'); milliseconds, no heavy imports."""
     machine = platform.machine() or "unknown"
     if backend == "onnxruntime":
         version = installed_version(ORT_DISTRIBUTIONS)
@@ -198,9 +249,19 @@ def probe_host(backend: str) -> HostCapabilities:
             )
         return HostCapabilities("onnxruntime", version, machine, read_cpu_flags())
     if backend == "tensorrt":
-        from .gpu import probe_visible_gpu, tensorrt_version
+        from .gpu import probe_visible_gpu
 
         gpu = probe_visible_gpu()  # first: without a GPU, "install TensorRT" would be the wrong advice
-        version = tensorrt_version()
+        version = tensorrt_library_version("tensorrt")
         return HostCapabilities("tensorrt", version, machine, read_cpu_flags(), gpu)
-    raise HostProbeError(f"unknown backend {backend!r}; use onnxruntime or tensorrt")
+    if backend == "tensorrt-rtx":
+        from .errors import NoGpuError
+        from .gpu import probe_visible_gpu
+
+        version = tensorrt_library_version("tensorrt_rtx")  # RTX builds without a GPU: the version comes first
+        try:
+            gpu: GpuInfo | None = probe_visible_gpu()
+        except NoGpuError:
+            gpu = None  # ahead-of-time build for the listed targets
+        return HostCapabilities("tensorrt-rtx", version, machine, read_cpu_flags(), gpu)
+    raise HostProbeError(f"unknown backend {backend!r}; use onnxruntime, tensorrt or tensorrt-rtx")

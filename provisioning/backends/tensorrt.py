@@ -1,59 +1,96 @@
-"""The TensorRT backend: one code path for TensorRT 10.x and 11.x.
+"""The TensorRT backend: one build path for TensorRT 10.x, 11.x and TensorRT for RTX 1.x.
 
-This is the only module that imports ``tensorrt``, and only inside functions, so
-``import provisioning`` and ``doit list`` work where TensorRT is not installed. Version
-differences live in :mod:`.trt_features`; the helpers (``trt_*`` modules) get the
-``trt`` module handed in.
+This is the only module that imports ``tensorrt`` or ``tensorrt_rtx``, and only inside
+functions, so ``import provisioning`` and ``doit list`` work where neither is installed.
+Differences between the builders are rows of :mod:`.trt_features`; the helpers
+(``trt_*`` modules) get the ``trt`` module handed in.
 
-One build: parse the ONNX (precision prepared by :mod:`.trt_precision`), one
-optimization profile from the backbone's min/opt/max, the hardware/version
-compatibility settings, the per-GPU timing cache, then ``build_serialized_network``
-under the GPU's lock; the plan is deserialized (and with ``validate: true`` run once
-against ONNX Runtime) before it is published. TensorRT's log of every build that reached
-the builder is saved as ``<engine>.build.log``.
+One build: plugins registered, the ONNX parsed (precision prepared by
+:mod:`.trt_precision`), one optimization profile from the backbone's min/opt/max, the
+compatibility settings or compute-capability targets (each read back after it is set),
+the per-GPU timing cache where the builder measures kernels, then
+``build_serialized_network``. Where a GPU that can run the plan is present it is
+deserialized (and with ``validate: true`` run once against ONNX Runtime) before it is
+published; TensorRT-RTX without such a GPU publishes the plan it built, saying so in the
+manifest. TensorRT's log of every build that reached the builder is kept beside the
+engine as ``<engine>.build.log``.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..cache import BUILD_LOG_SUFFIX
-from ..errors import BackendError, BackendUnavailableError, NoGpuError
+from ..errors import BackendError, BackendUnavailableError, HostProbeError, NoGpuError
 from ..gpu import NO_GPU_HINT
+from ..host import sort_targets
 from ..sidecar import atomic_write_bytes
 from .base import EngineOutput
 from .trt_cache import device_lock, load_timing_cache, save_timing_cache, timing_cache_path
-from .trt_features import AMPERE_PLUS_MIN_CC, HARDWARE_COMPATIBILITY_LEVELS, TrtFeatures, features_for
+from .trt_features import (HARDWARE_COMPATIBILITY_LEVELS, MIN_COMPUTE_CAPABILITY, MODULES, PRODUCT_NAMES,
+                           TF32_MIN_CC, TrtFeatures, features_for, release_tuple)
 from .trt_logging import BuildLog, capture, make_progress_monitor, process_logger
 from .trt_precision import PreparedModel, prepare_precision
-from .trt_runtime import LoadedEngine, deserialize, load_verified, run_inference
+from .trt_runtime import LoadedEngine, deserialize, load_verified, no_gpu_error, run_inference
 from .validation import compare_outputs, random_inputs, run_reference
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..compiler import BackboneSpec
     from ..host import HostCapabilities
 
-__all__ = ["BUILD_LOG_SUFFIX", "LoadedEngine", "TensorRTBackend", "build_log_path", "import_tensorrt",
-           "load_verified_engine"]
+__all__ = ["BUILD_LOG_SUFFIX", "LoadedEngine", "TensorRTBackend", "build_log_path", "compute_capability_targets",
+           "import_tensorrt", "load_verified_engine"]
 
 log = logging.getLogger("provisioning.tensorrt")
 _MIB = 1 << 20
+_PLUGINS_READY: dict[str, bool] = {}  # module name -> what init_libnvinfer_plugins returned
+_PLUGINS_LOCK = threading.Lock()
+_INSTALL_HINTS = {
+    "tensorrt": "install the tensorrt-cu12 or tensorrt-cu13 extra (matching the driver's CUDA major) "
+                "from NVIDIA's package index (README, TensorRT)",
+    "tensorrt_rtx": "install the tensorrt-rtx extra: pip install 'provisioning[tensorrt-rtx]'",
+}
 
 
-def import_tensorrt() -> Any:
-    """``import tensorrt``, or BackendUnavailableError saying how to install it."""
+def import_tensorrt(module: str = "tensorrt") -> Any:
+    """``import tensorrt`` (or ``tensorrt_rtx``), or BackendUnavailableError saying how to install it."""
     try:
-        import tensorrt as trt
+        return importlib.import_module(module)
     except Exception as exc:  # ImportError, or OSError from a missing libnvinfer
         first = str(exc).splitlines()[0] if str(exc) else ""
+        product = "TensorRT-RTX" if module == "tensorrt_rtx" else "TensorRT"
         raise BackendUnavailableError(
-            f"TensorRT cannot be imported ({type(exc).__name__}: {first}); install the tensorrt extra "
-            "from NVIDIA's package index (README, TensorRT)"
+            f"{product} cannot be imported ({type(exc).__name__}: {first}); {_INSTALL_HINTS.get(module, '')}"
         ) from None
-    return trt
+
+
+def compute_capability_targets(module: str = "tensorrt_rtx") -> tuple[str, ...]:
+    """The compute capabilities the installed TensorRT-RTX can target, as sorted ``sm86`` tags."""
+    trt = import_tensorrt(module)
+    members = getattr(getattr(trt, "ComputeCapability", None), "__members__", {})
+    return sort_targets(name.lower() for name in members if name.upper().startswith("SM"))
+
+
+def init_plugins(trt: Any, logger: Any) -> bool:
+    """Register TensorRT's plugins once per process, before parsing or deserializing.
+
+    Plugin-backed ONNX ops (EfficientNMS, RoiAlign, ...) and plans with plugin layers
+    need the registry filled first, as Polygraphy does.
+    """
+    name = getattr(trt, "__name__", "tensorrt")
+    with _PLUGINS_LOCK:
+        if name not in _PLUGINS_READY:
+            try:
+                _PLUGINS_READY[name] = bool(trt.init_libnvinfer_plugins(logger, ""))
+            except Exception as exc:  # noqa: BLE001 - a missing plugin library must not stop plain models
+                log.warning("TensorRT plugins not registered (%s); models with plugin ops will not parse", exc)
+                _PLUGINS_READY[name] = False
+        return _PLUGINS_READY[name]
 
 
 def build_log_path(engine_path: Path) -> Path:
@@ -63,119 +100,223 @@ def build_log_path(engine_path: Path) -> Path:
 
 def load_verified_engine(path: str | Path) -> LoadedEngine:
     """Load a cached engine: verify its sidecar first, then deserialize; BackendError for a foreign plan."""
-    trt = import_tensorrt()
-    return load_verified(trt, process_logger(trt), Path(path))
+    from ..manifest import read_manifest
+
+    manifest = read_manifest(Path(path)) or {}
+    inputs = manifest.get("inputs") if isinstance(manifest.get("inputs"), dict) else {}
+    module = MODULES.get(str(inputs.get("backend")), "tensorrt")
+    trt = import_tensorrt(module)
+    logger = process_logger(trt)
+    init_plugins(trt, logger)
+    return load_verified(trt, logger, Path(path))
 
 
 class TensorRTBackend:
-    """Compiles a backbone into a TensorRT plan for this host's GPU."""
+    """Compiles a backbone into a TensorRT plan (``tensorrt``) or a TensorRT-RTX plan (``tensorrt-rtx``)."""
 
-    name = "tensorrt"
-
-    def __init__(self, *, log_severity: str = "INFO") -> None:
+    def __init__(self, name: str = "tensorrt", *, log_severity: str = "INFO") -> None:
+        if name not in MODULES:
+            raise BackendUnavailableError(f"unknown TensorRT backend {name!r}; use tensorrt or tensorrt-rtx")
+        self.name = name
+        self.module = MODULES[name]
         # INFO keeps the build log readable; VERBOSE runs to hundreds of MB on large models.
         self.log_severity = log_severity
 
     def compile_engine(self, spec: "BackboneSpec", host: "HostCapabilities", output: EngineOutput) -> None:
-        """Build, deserialize, optionally validate, then publish ``spec``'s engine."""
+        """Build, deserialize where possible, optionally validate, then publish ``spec``'s engine."""
         where = f"backbone {spec.model_name}"
-        if host.gpu is None:
+        product = PRODUCT_NAMES[self.name]
+        features = features_for(host.backend_version, self.name)
+        if host.gpu is None and not features.builds_without_gpu:
             raise NoGpuError(f"{where}: no GPU was probed for this host; {NO_GPU_HINT}")
-        trt = import_tensorrt()
-        features = features_for(str(trt.__version__))
-        if str(trt.__version__) != host.backend_version:
+        self._precheck(spec, host, features, where)
+        trt = import_tensorrt(self.module)
+        if release_tuple(str(trt.__version__)) != release_tuple(host.backend_version):
             raise BackendError(
-                f"{where}: the imported TensorRT is {trt.__version__} but its package metadata says "
-                f"{host.backend_version}; reinstall the tensorrt extra so both agree"
+                f"{where}: the imported {product} is {trt.__version__} but its package metadata says "
+                f"{host.backend_version}; reinstall the {self.name} extra so both agree"
             )
-        if spec.hardware_compatibility == "ampere_plus" and host.gpu.compute_capability < AMPERE_PLUS_MIN_CC:
-            raise BackendError(
-                f"{where}: hardware_compatibility ampere_plus needs an Ampere or newer GPU (compute capability "
-                f"8.0+) and {host.gpu.name} is {host.gpu.sm}; use none or same_compute_capability"
-            )
+        runs_here = self._runs_here(spec, host, features)
+        if runs_here is True:
+            self._check_gpu(host, where)
         output.progress("prepare", spec.precision)
         prepared = prepare_precision(spec, features, output.scratch_dir)
         logger = process_logger(trt)
         with capture(logger, self.log_severity) as build_log:
+            plugins = init_plugins(trt, logger)
             try:
                 builder = trt.Builder(logger)
             except TypeError as exc:  # pybind11: "factory function returned nullptr"
-                raise NoGpuError(
-                    f"{where}: no usable GPU: TensorRT could not initialise CUDA "
-                    f"({build_log.reason(str(exc))}); {NO_GPU_HINT}"
-                ) from None
+                raise no_gpu_error(where, f"{product} could not initialise CUDA", build_log, str(exc),
+                                   host.gpu) from None
             started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             try:
-                plan, notes = self._build(trt, features, builder, logger, spec, host, output, prepared, build_log)
+                plan, notes = self._build(trt, features, builder, logger, spec, host, output, prepared,
+                                          build_log, runs_here)
             finally:
                 self._save_log(output.path, build_log, spec, host, trt, started)
+        notes["plugins"] = "registered" if plugins else "not registered (init_libnvinfer_plugins failed)"
         output.progress("publish")
         output.write(memoryview(plan), notes)
 
+    @staticmethod
+    def _precheck(spec: "BackboneSpec", host: "HostCapabilities", features: TrtFeatures, where: str) -> None:
+        """Settings this builder or this GPU cannot honour, refused before anything is built."""
+        if spec.hardware_compatibility not in features.hardware_compatibility:
+            raise BackendError(f"{where}: {features.product} does not support hardware_compatibility "
+                               f"{spec.hardware_compatibility}; set none")
+        if spec.version_compatible and not features.version_compatible:
+            raise BackendError(f"{where}: {features.product} cannot build version-compatible engines; "
+                               "set version_compatible: false")
+        if host.gpu is None or features.compute_capability_targets:
+            return
+        checks = [(spec.hardware_compatibility, f"hardware_compatibility {spec.hardware_compatibility}",
+                   "use none")]
+        if features.precision_route(spec.precision) == "flag":
+            checks.append((spec.precision, f"precision {spec.precision}", "choose fp16 or fp32"))
+        for key, what, fix in checks:
+            needed = MIN_COMPUTE_CAPABILITY.get(key)
+            if needed and host.gpu.compute_capability < needed:
+                raise BackendError(
+                    f"{where}: {what} needs compute capability {needed[0]}.{needed[1]}+ and {host.gpu.name} is "
+                    f"{host.gpu.sm}; {fix}")
+
+    @staticmethod
+    def _runs_here(spec: "BackboneSpec", host: "HostCapabilities", features: TrtFeatures) -> bool | str:
+        """True when this host's GPU can deserialize the plan; otherwise why not (for the notes)."""
+        if not features.compute_capability_targets:
+            return True  # classic TensorRT builds on, and for, this GPU
+        if host.gpu is None:
+            return "no GPU on the build machine"
+        if host.gpu.sm not in spec.compute_capabilities:
+            return f"the build machine's GPU ({host.gpu.name}, {host.gpu.sm}) is not a target"
+        return True
+
+    @staticmethod
+    def _check_gpu(host: "HostCapabilities", where: str) -> None:
+        """The driver can run this wheel's CUDA, and CUDA device 0 is the GPU NVML described."""
+        from .. import gpu as gpu_probe
+
+        assert host.gpu is not None
+        checker = getattr(gpu_probe, "check_driver_for_wheel", None)
+        if checker is not None:
+            checker(host.gpu, MODULES.get(host.backend, "tensorrt"))
+        matcher = getattr(gpu_probe, "check_cuda_device_matches", None)
+        if matcher is None:
+            return
+        try:
+            from cuda.bindings import runtime as cudart
+        except ImportError:
+            return  # cuda-python absent: nothing to cross-check with (validation would say so)
+        try:
+            matcher(cudart, host.gpu)
+        except (HostProbeError, NoGpuError) as exc:
+            raise type(exc)(f"{where}: {exc}") from None
+
     def _build(self, trt: Any, features: TrtFeatures, builder: Any, logger: Any, spec: "BackboneSpec",
                host: "HostCapabilities", output: EngineOutput, prepared: PreparedModel,
-               build_log: BuildLog) -> tuple[Any, dict[str, Any]]:
+               build_log: BuildLog, runs_here: bool | str) -> tuple[Any, dict[str, Any]]:
         where = f"backbone {spec.model_name}"
+        product = features.product
         see_log = f"full log: {build_log_path(output.path).name}"
-        network = builder.create_network(0)  # explicit batch on 10.x, strongly typed on 11.x
+        network = builder.create_network(0)  # explicit batch on 10.x, strongly typed on 11.x and RTX
         parser = trt.OnnxParser(network, logger)
         output.progress("parse", prepared.onnx_path.name)
         if not parser.parse_from_file(str(prepared.onnx_path)):
             errors = _parser_errors(parser) or [build_log.reason("no error reported")]
-            raise BackendError(f"{where}: TensorRT could not parse {spec.onnx_path.name}: {'; '.join(errors)}")
+            raise BackendError(f"{where}: {product} could not parse {spec.onnx_path.name}: {'; '.join(errors)}")
+        if network.num_inputs == 0:
+            raise BackendError(f"{where}: {product} parsed {spec.onnx_path.name} into a network without inputs "
+                               f"({build_log.reason('no error reported')}); is it the model you meant?")
         config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_mb * _MIB)
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(spec.workspace_mb) * _MIB)
         flags = list(prepared.flags)
         if spec.version_compatible:
             flags.append("VERSION_COMPATIBLE")
         for flag in flags:
             config.set_flag(getattr(trt.BuilderFlag, flag))
-        level = HARDWARE_COMPATIBILITY_LEVELS[spec.hardware_compatibility]
-        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level)
-        profile = _optimization_profile(builder, network, spec, where)
-        config.add_optimization_profile(profile[0])
+            if not config.get_flag(getattr(trt.BuilderFlag, flag)):
+                raise BackendError(f"{where}: {product} did not take BuilderFlag.{flag} "
+                                   f"({build_log.reason('no reason logged')})")
+        notes: dict[str, Any] = {}
+        if features.compute_capability_targets:
+            notes["compute_capabilities"] = _set_targets(trt, config, spec.compute_capabilities, build_log, where)
+        else:
+            notes["hardware_compatibility_level"] = _set_hardware_compatibility(
+                trt, config, spec.hardware_compatibility, build_log, where, product)
+        tf32 = bool(config.get_flag(trt.BuilderFlag.TF32))
+        profile = _optimization_profile(builder, network, spec, where, build_log)
+        if config.add_optimization_profile(profile[0]) < 0:
+            raise BackendError(f"{where}: {product} refused the optimization profile {profile[1]} "
+                               f"({build_log.reason('no reason logged')}); fix 'inputs' in the config")
         # Keep a Python reference for the whole build: the config holds only a C++ pointer.
         monitor = make_progress_monitor(trt, output.progress)
         config.progress_monitor = monitor
         cache_dir = output.path.parent
-        timing_path = timing_cache_path(cache_dir, host)
-
-        def waiting(uuid: str) -> None:
-            output.progress("waiting for the GPU", f"another build holds {uuid}")
-            log.info("%s: waiting for GPU %s (another TensorRT build holds it)", spec.model_name, uuid,
-                     extra={"event": "gpu_wait", "model_name": spec.model_name, "gpu_uuid": uuid})
-
-        with device_lock(cache_dir, host.gpu.uuid, waiting):
-            timing_loaded = load_timing_cache(config, timing_path)
-            output.progress("build", "TensorRT builder")
+        timing = "not used (TensorRT-RTX: timing-cache calls are deprecated no-ops; nothing measured)"
+        with self._gpu_turn(features, host, cache_dir, spec):
+            if features.timing_cache:
+                timing_path = timing_cache_path(cache_dir, host)
+                timing_loaded = load_timing_cache(config, timing_path, build_log)
+            output.progress("build", f"{product} builder")
             plan = builder.build_serialized_network(network, config)
             if plan is None:
-                raise BackendError(f"{where}: TensorRT could not build the engine "
+                raise BackendError(f"{where}: {product} could not build the engine "
                                    f"({build_log.reason('no reason logged')}); {see_log}")
-            timing_saved = save_timing_cache(config, timing_path)
-            output.progress("deserialize", "trt.Runtime")
-            loaded = deserialize(trt, logger, plan, host_code_allowed=spec.version_compatible, where=where)
-            if spec.validate:
-                output.progress("validate", "one inference vs. ONNX Runtime on the CPU")
-                self._validate(trt, loaded, spec, where)
+            if features.timing_cache:
+                timing = f"{timing_path.name}: {timing_loaded}, {save_timing_cache(config, timing_path)}"
+            loaded = None
+            if runs_here is True:
+                output.progress("deserialize", "trt.Runtime")
+                loaded = deserialize(trt, logger, plan, host_code_allowed=spec.version_compatible, where=where,
+                                     gpu=host.gpu)
+                if spec.validate:
+                    output.progress("validate", "one inference vs. ONNX Runtime on the CPU")
+                    tolerance = "tf32" if (spec.precision == "fp32" and tf32 and host.gpu is not None
+                                           and host.gpu.compute_capability >= TF32_MIN_CC) else spec.precision
+                    self._validate(trt, loaded, spec, where, tolerance)
+                    notes["validation_tolerance"] = tolerance
+            elif spec.validate:  # compose refuses this; never publish "validated" without a run
+                raise BackendError(f"{where}: validate: true but the plan cannot run here ({runs_here})")
         del monitor  # the build is over; TensorRT will not call it again
-        notes = {
-            "tensorrt_version": str(trt.__version__),
+        version_key = "tensorrt_rtx_version" if features.backend == "tensorrt-rtx" else "tensorrt_version"
+        notes.update({
+            version_key: str(trt.__version__),
             **prepared.notes,
             "network": "strongly typed" if features.strongly_typed else "weakly typed (builder flags)",
             "builder_flags": sorted(flags),
-            "hardware_compatibility_level": level,
+            "tf32": ("enabled (TensorRT's default: fp32 matmul and convolution may use TF32 on compute "
+                     "capability 8.0+; validation uses the TF32 tolerance there)") if tf32 else "disabled",
             "version_compatible": spec.version_compatible,
             "optimization_profile": profile[1],
-            "timing_cache": f"{timing_path.name}: {timing_loaded}, {timing_saved}",
+            "timing_cache": timing,
             "build_log": build_log_path(output.path).name,
-            "gpu": {"name": host.gpu.name, "uuid": host.gpu.uuid, "compute_capability": host.gpu.sm},
-            "validated": bool(spec.validate),
-        }
+            "build_machine": {"machine": host.machine,
+                              "gpu": None if host.gpu is None else
+                              {"name": host.gpu.name, "uuid": host.gpu.uuid, "compute_capability": host.gpu.sm}},
+            "deserialized": True if runs_here is True else f"false ({runs_here})",
+            "validated": bool(spec.validate and loaded is not None),
+        })
+        if features.backend == "tensorrt" and host.gpu is not None:
+            notes["gpu"] = notes["build_machine"]["gpu"]
         return plan, notes
 
     @staticmethod
-    def _validate(trt: Any, loaded: LoadedEngine, spec: "BackboneSpec", where: str) -> None:
+    def _gpu_turn(features: TrtFeatures, host: "HostCapabilities", cache_dir: Path, spec: "BackboneSpec"):
+        """One kernel-timing build per GPU at a time; an ahead-of-time build measures nothing."""
+        import contextlib
+
+        if not features.timing_cache or host.gpu is None:
+            return contextlib.nullcontext()
+
+        def waiting(uuid: str) -> None:
+            log.info("%s: waiting for GPU %s (another TensorRT build holds it)", spec.model_name, uuid,
+                     extra={"event": "gpu_wait", "model_name": spec.model_name, "gpu_uuid": uuid})
+
+        return device_lock(cache_dir, host.gpu.uuid, waiting)
+
+    @staticmethod
+    def _validate(trt: Any, loaded: LoadedEngine, spec: "BackboneSpec", where: str, tolerance: str) -> None:
         from ..onnxinfo import inspect_onnx
 
         feed = random_inputs(inspect_onnx(spec.onnx_path).inputs, spec.input_shapes)
@@ -184,24 +325,56 @@ class TensorRTBackend:
         missing = [n for n in names if n not in actual]
         if missing:
             raise BackendError(f"{where}: validation failed: the engine lacks output(s) {', '.join(missing)}")
-        problems = compare_outputs(names, expected, [actual[n] for n in names], spec.precision)
+        problems = compare_outputs(names, expected, [actual[n] for n in names], tolerance)
         if problems:
-            raise BackendError(f"{where}: validation against ONNX Runtime failed ({spec.precision} tolerance): "
+            raise BackendError(f"{where}: validation against ONNX Runtime failed ({tolerance} tolerance): "
                                f"{'; '.join(problems)}; the engine was not published")
 
     def _save_log(self, engine_path: Path, build_log: BuildLog, spec: "BackboneSpec",
                   host: "HostCapabilities", trt: Any, started: str) -> None:
         gpu = host.gpu
-        header = (f"# TensorRT {trt.__version__} build of {spec.model_name} ({spec.precision}) "
-                  f"on {gpu.name if gpu else '?'} {gpu.uuid if gpu else ''}, started {started}\n")
+        machine = f"{gpu.name} {gpu.uuid}" if gpu else f"{host.machine} without a GPU"
+        targets = f" for {', '.join(spec.compute_capabilities)}" if spec.compute_capabilities else ""
+        header = (f"# {PRODUCT_NAMES[self.name]} {trt.__version__} build of {spec.model_name} ({spec.precision})"
+                  f"{targets} on {machine}, started {started}\n")
         try:
             atomic_write_bytes(build_log_path(engine_path), (header + build_log.text()).encode())
         except OSError as exc:  # the log helps; it must not turn a good build into a failure
             log.warning("cannot save the TensorRT build log beside %s (%s)", engine_path.name, exc.strerror or exc)
 
 
-def _optimization_profile(builder: Any, network: Any, spec: "BackboneSpec",
-                          where: str) -> tuple[Any, dict[str, dict[str, list[int]]]]:
+def _set_targets(trt: Any, config: Any, targets: tuple[str, ...], build_log: BuildLog, where: str) -> list[str]:
+    """TensorRT-RTX: the compute capabilities the plan is built for, each read back."""
+    if not targets:
+        raise BackendError(f"{where}: no compute_capabilities to build for; list them in the config")
+    config.num_compute_capabilities = len(targets)
+    for index, target in enumerate(targets):
+        member = getattr(trt.ComputeCapability, target.upper(), None)
+        if member is None:
+            raise BackendError(f"{where}: TensorRT-RTX {trt.__version__} has no target {target}")
+        if not config.set_compute_capability(member, index) or config.get_compute_capability(index) != member:
+            raise BackendError(f"{where}: TensorRT-RTX did not take target {target} "
+                               f"({build_log.reason('no reason logged')})")
+    return list(targets)
+
+
+def _set_hardware_compatibility(trt: Any, config: Any, setting: str, build_log: BuildLog, where: str,
+                                product: str) -> str:
+    """Set the hardware compatibility level and read it back: never record what was not taken."""
+    level = HARDWARE_COMPATIBILITY_LEVELS[setting]
+    wanted = getattr(trt.HardwareCompatibilityLevel, level)
+    config.hardware_compatibility_level = wanted
+    taken = config.hardware_compatibility_level
+    if taken != wanted:
+        warnings = build_log.messages("WARNING", "ERROR")
+        reason = " ".join(warnings[-1].split()) if warnings else "no reason logged"
+        raise BackendError(f"{where}: {product} did not take hardware_compatibility {setting} (it reads back "
+                           f"{getattr(taken, 'name', taken)}: {reason}); set hardware_compatibility: none")
+    return level
+
+
+def _optimization_profile(builder: Any, network: Any, spec: "BackboneSpec", where: str,
+                          build_log: BuildLog) -> tuple[Any, dict[str, dict[str, list[int]]]]:
     """One profile: the backbone's min/opt/max per input; static inputs min = opt = max."""
     shapes = spec.input_shapes
     profile = builder.create_optimization_profile()
@@ -223,7 +396,12 @@ def _optimization_profile(builder: Any, network: Any, spec: "BackboneSpec",
         else:
             raise BackendError(f"{where}: ONNX input {name!r} has dynamic dims {list(dims)}; give it a shape "
                                "or a min/opt/max profile under 'inputs'")
-        profile.set_shape(name, lo, opt, hi)
+        try:
+            profile.set_shape(name, tuple(lo), tuple(opt), tuple(hi))
+        except (RuntimeError, TypeError, ValueError) as exc:
+            first = " ".join(str(exc).split()) or type(exc).__name__
+            raise BackendError(f"{where}: field 'inputs.{name}': TensorRT refused min {list(lo)} opt {list(opt)} "
+                               f"max {list(hi)} ({build_log.reason(first)})") from None
         recorded[name] = {"min": list(lo), "opt": list(opt), "max": list(hi)}
     unknown = sorted(set(shapes) - set(recorded))
     if unknown:

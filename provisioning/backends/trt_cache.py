@@ -60,11 +60,16 @@ def _read(path: Path) -> bytes | None:
         return handle.read(_MAX_TIMING_BYTES)
 
 
-def load_timing_cache(config: Any, path: Path) -> str:
-    """Attach the saved timing cache to ``config`` (or an empty one); returns what happened."""
+def load_timing_cache(config: Any, path: Path, build_log: Any = None) -> str:
+    """Attach the saved timing cache to ``config`` (or an empty one); returns what happened.
+
+    A corrupt file does not fail: TensorRT returns an *empty* cache and only logs
+    "Failed to deserialize timing cache", so ``build_log`` (the build's TensorRT log) is
+    read to tell; the file is then reported as ignored and replaced after the build.
+    """
     blob = _read(path)
     if blob is not None:
-        why = _attach(config, blob)
+        why = _attach(config, blob, build_log)
         if why is None:
             return f"loaded ({len(blob)} bytes)"
         log.warning(
@@ -77,13 +82,23 @@ def load_timing_cache(config: Any, path: Path) -> str:
     return "new" if blob is None else f"ignored ({why})"
 
 
-def _attach(config: Any, blob: bytes) -> str | None:
+_CORRUPT_MARKERS = ("failed to deserialize timing cache", "timing cache will not be used",
+                    "timing cache deserialization failed")
+
+
+def _attach(config: Any, blob: bytes, build_log: Any = None) -> str | None:
+    mark = build_log.mark() if build_log is not None and blob else None
     try:
         cache = config.create_timing_cache(blob)
     except Exception as exc:  # noqa: BLE001 - the bindings raise plain RuntimeError/TypeError
         return f"corrupt ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     if cache is None:
         return "corrupt (TensorRT could not read it)"
+    if mark is not None:
+        said = [m for m in build_log.since(mark, "WARNING", "ERROR", "INTERNAL_ERROR")
+                if any(marker in m.lower() for marker in _CORRUPT_MARKERS)]
+        if said:
+            return f"corrupt (TensorRT: {' '.join(said[-1].split())})"
     if not config.set_timing_cache(cache, False):
         return "written by another GPU or TensorRT version"
     return None

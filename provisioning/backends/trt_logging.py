@@ -42,9 +42,30 @@ class BuildLog:
         with self._lock:
             return [message for severity, message in self._records if severity in _ERRORS]
 
+    def messages(self, *severities: str) -> list[str]:
+        """The messages of these severities (all when none is named), in order."""
+        with self._lock:
+            return [m for s, m in self._records if not severities or s in severities]
+
+    def mark(self) -> int:
+        """A position in the log, for :meth:`since`."""
+        with self._lock:
+            return len(self._records)
+
+    def since(self, mark: int, *severities: str) -> list[str]:
+        """The messages logged after ``mark`` (optionally only these severities)."""
+        with self._lock:
+            return [m for s, m in self._records[mark:] if not severities or s in severities]
+
     def reason(self, fallback: str) -> str:
-        """TensorRT's own explanation of a failure: its last errors on one line."""
-        errors = [" ".join(e.split()) for e in self.errors[-3:]]
+        """TensorRT's own explanation of a failure on one line: its first error and its last two.
+
+        The first error is usually the cause; later ones ("Network validation failed",
+        "build failed") only report that something earlier went wrong.
+        """
+        errors = [" ".join(e.split()) for e in self.errors]
+        if len(errors) > 3:
+            errors = [errors[0], "...", *errors[-2:]]
         return " | ".join(errors) if errors else fallback
 
     def text(self) -> str:

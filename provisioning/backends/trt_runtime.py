@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from ..errors import BackendError, BackendUnavailableError, NoGpuError
 from ..manifest import read_manifest
 from ..sidecar import Sha256Sidecar, open_nofollow
+from .trt_features import release_tuple
 from .trt_logging import capture
 
 _NUMPY_BY_TRT = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32",
@@ -34,23 +35,45 @@ class LoadedEngine:
     manifest: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
-def deserialize(trt: Any, logger: Any, plan: Any, *, host_code_allowed: bool, where: str) -> LoadedEngine:
-    """``trt.Runtime.deserialize_cuda_engine``; a ``None`` becomes BackendError with TensorRT's reason."""
+_NO_GPU_MARKERS = ("cudaError 35", "CUDA driver version is insufficient", "CUDA initialization failure",
+                   "cudaErrorNoDevice", "cudaError 100", "no CUDA-capable device")
+
+
+def no_gpu_error(where: str, what: str, build_log: Any, fallback: str, gpu: Any = None) -> NoGpuError:
+    """NoGpuError (exit 69) with the real cause from TensorRT's log: no GPU, or a driver too old for the wheel."""
+    from .. import gpu as gpu_probe
+
+    text = "\n".join(build_log.messages())
+    explain = getattr(gpu_probe, "no_gpu_reason", None)
+    cause = explain(text, gpu) if explain is not None else None
+    return NoGpuError(f"{where}: {what}: {cause or 'no usable GPU (' + build_log.reason(fallback) + ')'}; "
+                      f"{gpu_probe.NO_GPU_HINT}")
+
+
+def shows_no_gpu(build_log: Any) -> bool:
+    """True when TensorRT's log says CUDA has no usable device (rather than a bad plan)."""
+    return any(marker in message for message in build_log.messages() for marker in _NO_GPU_MARKERS)
+
+
+def deserialize(trt: Any, logger: Any, plan: Any, *, host_code_allowed: bool, where: str,
+                gpu: Any = None) -> LoadedEngine:
+    """``trt.Runtime.deserialize_cuda_engine``; a ``None`` becomes BackendError with TensorRT's reason.
+
+    Where the log shows CUDA itself failed (error 35: no driver, or one too old for the
+    wheel), it is NoGpuError with that cause: the engine is fine, the host cannot run it.
+    """
     with capture(logger) as build_log:
         try:
             runtime = trt.Runtime(logger)
         except TypeError as exc:  # pybind11 'factory function returned nullptr': no CUDA device
-            from ..gpu import NO_GPU_HINT
-
-            raise NoGpuError(
-                f"{where}: no usable GPU: TensorRT's runtime could not start "
-                f"({build_log.reason(str(exc))}); {NO_GPU_HINT}"
-            ) from None
+            raise no_gpu_error(where, "TensorRT's runtime could not start", build_log, str(exc), gpu) from None
         if host_code_allowed:
             # Version-compatible plans embed a lean runtime (host code); only our own
             # verified bytes get here.
             runtime.engine_host_code_allowed = True
         engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None and shows_no_gpu(build_log):
+        raise no_gpu_error(where, "TensorRT could not deserialize the engine", build_log, "no reason logged", gpu)
     if engine is None:
         raise BackendError(
             f"{where}: TensorRT could not deserialize the engine "
@@ -77,14 +100,15 @@ def load_verified(trt: Any, logger: Any, path: Path) -> LoadedEngine:
     manifest = read_manifest(path) or {}
     inputs = manifest.get("inputs") if isinstance(manifest.get("inputs"), dict) else {}
     backend = inputs.get("backend")
-    if backend != "tensorrt":
-        raise BackendError(f"{where}: was built by {backend or 'an unknown backend'}, not TensorRT; {REBUILD_HINT}")
+    wanted = "tensorrt-rtx" if getattr(trt, "__name__", "") == "tensorrt_rtx" else "tensorrt"
+    if backend != wanted:
+        raise BackendError(f"{where}: was built by {backend or 'an unknown backend'}, not {wanted}; {REBUILD_HINT}")
     settings = inputs.get("build_settings") if isinstance(inputs.get("build_settings"), dict) else {}
     version_compatible = settings.get("version_compatible") is True
     built_with = str(inputs.get("backend_version"))
-    if not version_compatible and built_with != str(trt.__version__):
+    if not version_compatible and release_tuple(built_with) != release_tuple(str(trt.__version__)):
         raise BackendError(
-            f"{where}: was built with TensorRT {built_with}, this host runs {trt.__version__} "
+            f"{where}: was built with {backend} {built_with}, this host runs {trt.__version__} "
             f"(a foreign plan); {REBUILD_HINT}"
         )
     loaded = deserialize(trt, logger, plan, host_code_allowed=version_compatible, where=where)
@@ -130,7 +154,9 @@ def run_inference(trt: Any, engine: Any, feed: Mapping[str, Any], where: str) ->
             if name not in feed:
                 raise BackendError(f"{where}: the engine has an input {name!r} the ONNX model does not")
             host[name] = np.ascontiguousarray(feed[name], dtype=dtype)
-            context.set_input_shape(name, tuple(host[name].shape))
+            if not context.set_input_shape(name, tuple(host[name].shape)):
+                raise BackendError(f"{where}: TensorRT refused input {name!r} of shape {list(host[name].shape)} "
+                                   "(outside the engine's optimization profile); fix 'inputs' in the config")
         else:
             outputs.append((name, dtype))
     for name, dtype in outputs:

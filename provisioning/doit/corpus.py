@@ -60,5 +60,5 @@ def load_corpus(path: Path) -> LoadedCorpus:
     config = load_config(path)
     backend = resolve_backend(config)
     host = probe_host_for(config, backend)
-    specs = build_backbone_specs(config, backend)
+    specs = build_backbone_specs(config, backend, host=host)
     return LoadedCorpus(config, host, specs)
