@@ -22,6 +22,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 _PROTOBUF_LIMIT = 1_800_000_000  # below protobuf's 2 GiB: larger models keep external data
+FP16_MAX = 65504.0  # the largest finite fp16: weights beyond it would be clamped (converter default 1e4)
+# How to get Q/DQ that TensorRT accepts: symmetric int8 (ONNX Runtime's default is asymmetric
+# uint8 activations, which TensorRT refuses), or NVIDIA's Model Optimizer.
+INT8_HINT = ("quantize it with NVIDIA Model Optimizer (modelopt.onnx.quantization), or with "
+             "onnxruntime.quantization.quantize_static(..., quant_format=QuantFormat.QDQ, "
+             "activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, "
+             "extra_options={'ActivationSymmetric': True, 'WeightSymmetric': True}): ONNX Runtime's default "
+             "asymmetric uint8 activations are refused by TensorRT")
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,8 @@ class GraphFacts:
 
     qdq_nodes: int
     elem_types: frozenset[str]
+    # Q/DQ nodes with an asymmetric zero point (uint8, or nonzero): TensorRT refuses them
+    asymmetric_qdq_nodes: tuple[str, ...] = ()
 
 
 def graph_facts(path: Path) -> GraphFacts:
@@ -47,10 +57,11 @@ def graph_facts(path: Path) -> GraphFacts:
 
     model = onnx.load_model(str(path), load_external_data=False)
     names = onnx.TensorProto.DataType.Name
-    qdq, types = 0, set()
+    qdq, types, uint8_nodes = 0, set(), []
 
     def walk(graph: Any) -> None:
         nonlocal qdq
+        initialisers = {t.name: t for t in graph.initializer}
         for tensor in graph.initializer:
             types.add(names(tensor.data_type))
         for value in (*graph.input, *graph.output, *graph.value_info):
@@ -58,6 +69,8 @@ def graph_facts(path: Path) -> GraphFacts:
                 types.add(names(value.type.tensor_type.elem_type))
         for node in graph.node:
             qdq += node.op_type in QDQ_OPS
+            if node.op_type in QDQ_OPS and len(node.input) > 2 and _asymmetric(initialisers.get(node.input[2])):
+                uint8_nodes.append(node.name or node.output[0])
             for attribute in node.attribute:
                 if node.op_type == "Cast" and attribute.name == "to":
                     types.add(names(attribute.i))
@@ -67,7 +80,20 @@ def graph_facts(path: Path) -> GraphFacts:
                     walk(sub)
 
     walk(model.graph)
-    return GraphFacts(qdq, frozenset(types))
+    return GraphFacts(qdq, frozenset(types), tuple(uint8_nodes))
+
+
+def _asymmetric(zero_point: Any) -> bool:
+    """A zero point TensorRT cannot build: uint8, or any nonzero value (TensorRT quantizes symmetrically)."""
+    if zero_point is None:
+        return False
+    from onnx import TensorProto, numpy_helper
+
+    if zero_point.data_type == TensorProto.UINT8:
+        return True
+    if zero_point.data_location == TensorProto.EXTERNAL:
+        return False  # weights not loaded here; TensorRT will say so itself
+    return bool(numpy_helper.to_array(zero_point).any())
 
 
 def prepare_precision(spec: "BackboneSpec", features: TrtFeatures, scratch_dir: Path) -> PreparedModel:
@@ -82,8 +108,15 @@ def prepare_precision(spec: "BackboneSpec", features: TrtFeatures, scratch_dir: 
         if facts.qdq_nodes == 0:
             raise BackendError(
                 f"{where}: precision int8 needs Q/DQ nodes (QuantizeLinear/DequantizeLinear) in the ONNX and "
-                f"{spec.onnx_path.name} has none; quantize the model first (NVIDIA Model Optimizer, or "
-                "onnxruntime.quantization.quantize_static with QuantFormat.QDQ) or choose fp16/fp32"
+                f"{spec.onnx_path.name} has none; {INT8_HINT}; or choose fp16/fp32"
+            )
+        if facts.asymmetric_qdq_nodes:
+            nodes = facts.asymmetric_qdq_nodes
+            shown = ", ".join(nodes[:3]) + (" ..." if len(nodes) > 3 else "")
+            raise BackendError(
+                f"{where}: {spec.onnx_path.name} has {len(nodes)} Q/DQ node(s) with asymmetric zero points "
+                f"(uint8 or nonzero: {shown}), which TensorRT cannot build (it quantizes symmetrically); "
+                f"re-{INT8_HINT}"
             )
         flag = features.precision_flags.get("int8")
         how = f"BuilderFlag.{flag}" if flag else "strongly typed network"
@@ -119,10 +152,25 @@ def _convert_fp16(spec: "BackboneSpec", scratch_dir: Path, where: str) -> Prepar
     import onnx
 
     target = scratch_dir / f"{spec.model_name}.fp16.onnx"
+    # Over protobuf's 2 GiB, in-memory shape inference fails before any external-data
+    # handling: infer shapes file to file first, then convert without inferring again.
+    large = sum(p.stat().st_size for p in spec.source_files if p.exists()) > _PROTOBUF_LIMIT
     try:
-        model = onnx.load_model(str(spec.onnx_path))  # with external data: the weights get converted too
-        converted = float16.convert_float_to_float16(model, keep_io_types=True)
-        large = converted.ByteSize() > _PROTOBUF_LIMIT
+        source = spec.onnx_path
+        if large:
+            inferred = scratch_dir / f"{spec.model_name}.shapes.onnx"
+            onnx.shape_inference.infer_shapes_path(str(spec.onnx_path), str(inferred))
+            source = inferred
+        if large:  # the inferred copy still names its external data relative to the source's folder
+            from onnx.external_data_helper import load_external_data_for_model
+
+            model = onnx.load_model(str(source), load_external_data=False)
+            load_external_data_for_model(model, str(spec.onnx_path.parent))
+        else:
+            model = onnx.load_model(str(source))  # with external data: the weights get converted too
+        converted = float16.convert_float_to_float16(model, keep_io_types=True, max_finite_val=FP16_MAX,
+                                                     disable_shape_infer=large)
+        large = large or converted.ByteSize() > _PROTOBUF_LIMIT
         onnx.save_model(converted, str(target), save_as_external_data=large,
                         location=f"{target.name}.data" if large else None)
     except Exception as exc:  # noqa: BLE001 - converter and protobuf raise many types
@@ -131,4 +179,5 @@ def _convert_fp16(spec: "BackboneSpec", scratch_dir: Path, where: str) -> Prepar
                            "export the model in fp16 instead") from None
     return PreparedModel(target, (), {
         "precision_mode": f"fp16 by converting the ONNX graph with onnxconverter-common {converter_version} "
-                          "(keep_io_types=True); strongly typed"})
+                          f"(keep_io_types=True, max_finite_val={FP16_MAX:g}"
+                          + (", shapes inferred file to file (over 2 GB)" if large else "") + "); strongly typed"})

@@ -39,7 +39,7 @@ def test_int8_with_qdq_nodes_is_explicit_quantization(world, models, tmp_path):
 
 def test_int8_without_qdq_is_refused_with_what_to_do(world, models, tmp_path):
     with pytest.raises(BackendError, match=r"backbone det: precision int8 needs Q/DQ nodes .* det.onnx has none; "
-                                           r"quantize the model first"):
+                                           r"quantize it with NVIDIA Model Optimizer.*QuantType.QInt8"):
         compile_one(tmp_path / "cache", gpu_host(world), spec(models, "det", precision="int8"))
     assert world.builds == []
 
