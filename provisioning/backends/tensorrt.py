@@ -50,6 +50,9 @@ log = logging.getLogger("provisioning.tensorrt")
 _MIB = 1 << 20
 _PLUGINS_READY: dict[str, bool] = {}  # module name -> what init_libnvinfer_plugins returned
 _PLUGINS_LOCK = threading.Lock()
+# What TensorRT-RTX logs (and appends to parser errors) after every API error when there is
+# no GPU: "[checkMacros.cpp::catchCudaError::250] Error Code 1: Cuda Runtime (... cudaError 35 ...)".
+CUDA_ABSENT_NOISE = ("[checkMacros.cpp::catchCudaError", "Error Code 1: Cuda Runtime (In catchCudaError")
 _INSTALL_HINTS = {
     "tensorrt": "install the tensorrt-cu12 or tensorrt-cu13 extra (matching the driver's CUDA major) "
                 "from NVIDIA's package index (README, TensorRT)",
@@ -143,6 +146,8 @@ class TensorRTBackend:
         prepared = prepare_precision(spec, features, output.scratch_dir)
         logger = process_logger(trt)
         with capture(logger, self.log_severity) as build_log:
+            if host.gpu is None:  # an ahead-of-time build: CUDA's absence is expected, not a cause
+                build_log.noise = CUDA_ABSENT_NOISE
             plugins = init_plugins(trt, logger)
             try:
                 builder = trt.Builder(logger)
@@ -223,7 +228,7 @@ class TensorRTBackend:
         parser = trt.OnnxParser(network, logger)
         output.progress("parse", prepared.onnx_path.name)
         if not parser.parse_from_file(str(prepared.onnx_path)):
-            errors = _parser_errors(parser) or [build_log.reason("no error reported")]
+            errors = _parser_errors(parser, build_log) or [build_log.reason("no error reported")]
             raise BackendError(f"{where}: {product} could not parse {spec.onnx_path.name}: {'; '.join(errors)}")
         if network.num_inputs == 0:
             raise BackendError(f"{where}: {product} parsed {spec.onnx_path.name} into a network without inputs "
@@ -414,12 +419,13 @@ def _value(attribute: Any) -> Any:
     return attribute() if callable(attribute) else attribute
 
 
-def _parser_errors(parser: Any) -> list[str]:
+def _parser_errors(parser: Any, build_log: BuildLog | None = None) -> list[str]:
     """Every parser error as 'node NAME (OP): description [CODE]'."""
     errors = []
     for index in range(parser.num_errors):
         error = parser.get_error(index)
-        desc = " ".join(str(_value(error.desc)).split())
+        desc = str(_value(error.desc))
+        desc = build_log.clean(desc) if build_log is not None else " ".join(desc.split())
         code = _value(error.code)
         code = getattr(code, "name", code)
         node, name, op = _value(error.node), _value(error.node_name), _value(error.node_operator)

@@ -29,6 +29,18 @@ class BuildLog:
         self._keep = set(SEVERITIES[: SEVERITIES.index(min_severity) + 1])
         self._records: list[tuple[str, str]] = []
         self._lock = threading.Lock()
+        # Fragments of messages that are noise here and must not become a user's reason:
+        # TensorRT-RTX on a machine without a GPU appends "cudaError 35" after every API error.
+        self.noise: tuple[str, ...] = ()
+
+    def clean(self, message: str) -> str:
+        """``message`` on one line, with any noise fragment cut off."""
+        text = " ".join(message.split())
+        for fragment in self.noise:
+            index = text.find(fragment)
+            if index >= 0:
+                text = text[:index].rstrip(" |;:(")
+        return text
 
     def add(self, severity: str, message: str) -> None:
         """Record one message (errors are always kept)."""
@@ -63,7 +75,7 @@ class BuildLog:
         The first error is usually the cause; later ones ("Network validation failed",
         "build failed") only report that something earlier went wrong.
         """
-        errors = [" ".join(e.split()) for e in self.errors]
+        errors = [e for e in (self.clean(m) for m in self.errors) if e]
         if len(errors) > 3:
             errors = [errors[0], "...", *errors[-2:]]
         return " | ".join(errors) if errors else fallback

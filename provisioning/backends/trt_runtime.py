@@ -62,21 +62,22 @@ def deserialize(trt: Any, logger: Any, plan: Any, *, host_code_allowed: bool, wh
     Where the log shows CUDA itself failed (error 35: no driver, or one too old for the
     wheel), it is NoGpuError with that cause: the engine is fine, the host cannot run it.
     """
+    product = "TensorRT-RTX" if getattr(trt, "__name__", "") == "tensorrt_rtx" else "TensorRT"
     with capture(logger) as build_log:
         try:
             runtime = trt.Runtime(logger)
         except TypeError as exc:  # pybind11 'factory function returned nullptr': no CUDA device
-            raise no_gpu_error(where, "TensorRT's runtime could not start", build_log, str(exc), gpu) from None
+            raise no_gpu_error(where, f"{product}'s runtime could not start", build_log, str(exc), gpu) from None
         if host_code_allowed:
             # Version-compatible plans embed a lean runtime (host code); only our own
             # verified bytes get here.
             runtime.engine_host_code_allowed = True
         engine = runtime.deserialize_cuda_engine(plan)
     if engine is None and shows_no_gpu(build_log):
-        raise no_gpu_error(where, "TensorRT could not deserialize the engine", build_log, "no reason logged", gpu)
+        raise no_gpu_error(where, f"{product} could not deserialize the engine", build_log, "no reason logged", gpu)
     if engine is None:
         raise BackendError(
-            f"{where}: TensorRT could not deserialize the engine "
+            f"{where}: {product} could not deserialize the engine "
             f"({build_log.reason('no reason logged')}); {REBUILD_HINT}"
         )
     return LoadedEngine(engine, runtime)
