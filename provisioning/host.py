@@ -255,6 +255,8 @@ def probe_host(backend: str) -> HostCapabilities:
         version = tensorrt_library_version("tensorrt")
         return HostCapabilities("tensorrt", version, machine, read_cpu_flags(), gpu)
     if backend == "tensorrt-rtx":
+        import logging
+
         from .errors import NoGpuError
         from .gpu import probe_visible_gpu
 
@@ -263,5 +265,9 @@ def probe_host(backend: str) -> HostCapabilities:
             gpu: GpuInfo | None = probe_visible_gpu()
         except NoGpuError:
             gpu = None  # ahead-of-time build for the listed targets
+        except HostProbeError as exc:  # e.g. a MIG GPU without an instance selected: build ahead of time
+            logging.getLogger("provisioning.host").warning(
+                "the GPU is not used for TensorRT-RTX (%s); building for the listed targets only", exc)
+            gpu = None
         return HostCapabilities("tensorrt-rtx", version, machine, read_cpu_flags(), gpu)
     raise HostProbeError(f"unknown backend {backend!r}; use onnxruntime, tensorrt or tensorrt-rtx")

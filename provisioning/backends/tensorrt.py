@@ -28,12 +28,13 @@ from typing import TYPE_CHECKING, Any
 from ..cache import BUILD_LOG_SUFFIX
 from ..errors import BackendError, BackendUnavailableError, HostProbeError, NoGpuError
 from ..gpu import NO_GPU_HINT
+from ..gpu import release_tuple
 from ..host import sort_targets
 from ..sidecar import atomic_write_bytes
 from .base import EngineOutput
 from .trt_cache import device_lock, load_timing_cache, save_timing_cache, timing_cache_path
 from .trt_features import (HARDWARE_COMPATIBILITY_LEVELS, MIN_COMPUTE_CAPABILITY, MODULES, PRODUCT_NAMES,
-                           TF32_MIN_CC, TrtFeatures, features_for, release_tuple)
+                           TF32_MIN_CC, TrtFeatures, features_for)
 from .trt_logging import BuildLog, capture, make_progress_monitor, process_logger
 from .trt_precision import PreparedModel, prepare_precision
 from .trt_runtime import LoadedEngine, deserialize, load_verified, no_gpu_error, run_inference
@@ -153,7 +154,7 @@ class TensorRTBackend:
                 builder = trt.Builder(logger)
             except TypeError as exc:  # pybind11: "factory function returned nullptr"
                 raise no_gpu_error(where, f"{product} could not initialise CUDA", build_log, str(exc),
-                                   host.gpu) from None
+                                   host.gpu, self.module) from None
             started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             try:
                 plan, notes = self._build(trt, features, builder, logger, spec, host, output, prepared,
@@ -200,21 +201,19 @@ class TensorRTBackend:
     @staticmethod
     def _check_gpu(host: "HostCapabilities", where: str) -> None:
         """The driver can run this wheel's CUDA, and CUDA device 0 is the GPU NVML described."""
-        from .. import gpu as gpu_probe
+        import os
+
+        from ..gpu import check_cuda_device_matches, check_driver_for_wheel
 
         assert host.gpu is not None
-        checker = getattr(gpu_probe, "check_driver_for_wheel", None)
-        if checker is not None:
-            checker(host.gpu, MODULES.get(host.backend, "tensorrt"))
-        matcher = getattr(gpu_probe, "check_cuda_device_matches", None)
-        if matcher is None:
-            return
+        if os.environ.get("PROVISIONING_SKIP_DRIVER_CHECK") != "1":  # CUDA forward compatibility (cuda-compat)
+            check_driver_for_wheel(host.gpu, MODULES.get(host.backend, "tensorrt"))
         try:
             from cuda.bindings import runtime as cudart
         except ImportError:
             return  # cuda-python absent: nothing to cross-check with (validation would say so)
         try:
-            matcher(cudart, host.gpu)
+            check_cuda_device_matches(cudart, host.gpu)
         except (HostProbeError, NoGpuError) as exc:
             raise type(exc)(f"{where}: {exc}") from None
 

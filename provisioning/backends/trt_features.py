@@ -14,11 +14,11 @@ Member names, never integers, are used for enums: their values changed between 1
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..errors import BackendUnavailableError
+from ..gpu import release_tuple
 
 # hardware_compatibility setting -> HardwareCompatibilityLevel member (same on 10 and 11)
 HARDWARE_COMPATIBILITY_LEVELS: Mapping[str, str] = {
@@ -104,12 +104,6 @@ FEATURES: Mapping[tuple[str, int], TrtFeatures] = {
         version_compatible=False, builds_without_gpu=True,
     ),
 }
-
-
-def release_tuple(version: str) -> tuple[int, ...]:
-    """``10.16.1.11.post1`` -> (10, 16, 1, 11): the release part only, for comparisons."""
-    match = re.match(r"\s*v?(\d+(?:\.\d+)*)", str(version))
-    return tuple(int(p) for p in match.group(1).split(".")) if match else ()
 
 
 def features_for(version: str, backend: str = "tensorrt") -> TrtFeatures:

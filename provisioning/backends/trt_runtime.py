@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from ..errors import BackendError, BackendUnavailableError, NoGpuError
 from ..manifest import read_manifest
 from ..sidecar import Sha256Sidecar, open_nofollow
-from .trt_features import release_tuple
+from ..gpu import release_tuple
 from .trt_logging import capture
 
 _NUMPY_BY_TRT = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32",
@@ -39,13 +39,13 @@ _NO_GPU_MARKERS = ("cudaError 35", "CUDA driver version is insufficient", "CUDA 
                    "cudaErrorNoDevice", "cudaError 100", "no CUDA-capable device")
 
 
-def no_gpu_error(where: str, what: str, build_log: Any, fallback: str, gpu: Any = None) -> NoGpuError:
+def no_gpu_error(where: str, what: str, build_log: Any, fallback: str, gpu: Any = None,
+                 module: str = "tensorrt") -> NoGpuError:
     """NoGpuError (exit 69) with the real cause from TensorRT's log: no GPU, or a driver too old for the wheel."""
     from .. import gpu as gpu_probe
 
     text = "\n".join(build_log.messages())
-    explain = getattr(gpu_probe, "no_gpu_reason", None)
-    cause = explain(text, gpu) if explain is not None else None
+    cause = gpu_probe.no_gpu_reason(text, gpu, module=module)
     return NoGpuError(f"{where}: {what}: {cause or 'no usable GPU (' + build_log.reason(fallback) + ')'}; "
                       f"{gpu_probe.NO_GPU_HINT}")
 
@@ -67,14 +67,16 @@ def deserialize(trt: Any, logger: Any, plan: Any, *, host_code_allowed: bool, wh
         try:
             runtime = trt.Runtime(logger)
         except TypeError as exc:  # pybind11 'factory function returned nullptr': no CUDA device
-            raise no_gpu_error(where, f"{product}'s runtime could not start", build_log, str(exc), gpu) from None
+            raise no_gpu_error(where, f"{product}'s runtime could not start", build_log, str(exc), gpu,
+                               trt.__name__) from None
         if host_code_allowed:
             # Version-compatible plans embed a lean runtime (host code); only our own
             # verified bytes get here.
             runtime.engine_host_code_allowed = True
         engine = runtime.deserialize_cuda_engine(plan)
     if engine is None and shows_no_gpu(build_log):
-        raise no_gpu_error(where, f"{product} could not deserialize the engine", build_log, "no reason logged", gpu)
+        raise no_gpu_error(where, f"{product} could not deserialize the engine", build_log, "no reason logged", gpu,
+                           trt.__name__)
     if engine is None:
         raise BackendError(
             f"{where}: {product} could not deserialize the engine "

@@ -17,10 +17,25 @@ A100 = ("NVIDIA A100-SXM4-40GB", "GPU-cccc3333-0000-0000-0000-000000000000", (8,
 MIG = ("NVIDIA A100-SXM4-40GB MIG 1g.5gb", "MIG-dddd4444-0000-0000-0000-000000000000")
 
 
-def fake_pynvml(devices, *, init_error=None, migs=None):
-    """A pynvml over ``devices`` (name, uuid, cc); ``migs`` maps a device index to its MIG instances."""
+class NVMLError(Exception):
+    pass
+
+
+class NVMLError_NotSupported(NVMLError):  # noqa: N801 - pynvml's spelling
+    pass
+
+
+def fake_pynvml(devices, *, init_error=None, migs=None, mig_enabled=()):
+    """A pynvml over ``devices`` (name, uuid, cc); ``migs`` maps a device index to its MIG instances.
+
+    Devices in ``migs`` are MIG capable (mode disabled unless their index is in
+    ``mig_enabled``); the others raise NVMLError_NotSupported for the MIG mode, as real GPUs do.
+    """
     nvml = types.ModuleType("pynvml")
     nvml.calls = []
+    nvml.NVMLError = NVMLError
+    nvml.NVMLError_NotSupported = NVMLError_NotSupported
+    nvml.NVML_DEVICE_MIG_DISABLE, nvml.NVML_DEVICE_MIG_ENABLE = 0, 1
 
     def init():
         if init_error:
@@ -50,6 +65,14 @@ def fake_pynvml(devices, *, init_error=None, migs=None):
             raise RuntimeError("NVML_ERROR_NOT_FOUND")
         return ("mig", handle[1], slot)
 
+    def mig_mode(handle):
+        if handle[1] in mig_enabled:
+            return (nvml.NVML_DEVICE_MIG_ENABLE, nvml.NVML_DEVICE_MIG_ENABLE)
+        if not migs or handle[1] not in migs:
+            raise NVMLError_NotSupported("Not Supported")
+        return (nvml.NVML_DEVICE_MIG_DISABLE, nvml.NVML_DEVICE_MIG_DISABLE)
+
+    nvml.nvmlDeviceGetMigMode = mig_mode
     nvml.nvmlDeviceGetMaxMigDeviceCount = max_migs
     nvml.nvmlDeviceGetMigDeviceHandleByIndex = mig_handle
     return nvml
@@ -100,6 +123,32 @@ def test_mig_instance_is_described_by_its_own_name_and_uuid(nvml, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-dddd4444")
     gpu = probe_visible_gpu()
     assert (gpu.name, gpu.uuid, gpu.compute_capability) == (MIG[0], MIG[1], (8, 0))
+
+
+@pytest.mark.parametrize("env", [None, "0", "GPU-cccc3333"])
+def test_mig_enabled_gpu_without_a_mig_selector_is_refused_not_described_as_the_whole_gpu(nvml, monkeypatch, env):
+    nvml(A100, migs={0: [(MIG[0], MIG[1])]}, mig_enabled={0})
+    if env is not None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env)
+    with pytest.raises(HostProbeError) as caught:
+        probe_visible_gpu()
+    message = str(caught.value)
+    assert "\n" not in message and A100[0] in message and A100[1] in message and "MIG mode enabled" in message
+    assert "CUDA_VISIBLE_DEVICES=MIG-<uuid>" in message and "nvidia-smi -L" in message
+    assert gpu_visible() is True  # a GPU is there; the probe says how to select it
+
+
+def test_mig_capable_gpu_with_mig_disabled_is_the_whole_gpu(nvml):
+    nvml(A100, migs={0: [(MIG[0], MIG[1])]})
+    assert probe_visible_gpu().uuid == A100[1]
+
+
+def test_only_the_selected_gpu_matters_for_mig(nvml, monkeypatch):
+    nvml(A100, A100, migs={1: [(MIG[0], MIG[1])]}, mig_enabled={1})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert probe_visible_gpu().nvml_index == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-dddd4444")
+    assert probe_visible_gpu().uuid == MIG[1]
 
 
 @pytest.mark.parametrize("setup, env, message", [
