@@ -77,3 +77,30 @@ def test_missing_compute_capabilities_without_a_gpu_is_one_error_line_exit_2(rtx
     assert "field 'compute_capabilities'" in errors[0] and ", ".join(targets) in errors[0]
     assert "Traceback" not in result.stderr
     assert not list(rtx_project.cache.glob("*.engine"))
+
+
+def test_status_key_and_gc_work_on_an_rtx_cache(rtx_project: DoitProject) -> None:
+    """engines-status, engines-key and engines-gc see RTX engines like any other backend's."""
+    import json
+
+    assert rtx_project.doit("engines").returncode == 0
+    status = rtx_project.doit("engines-status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    document = json.loads(status.stdout)
+    assert document["backend"] == "tensorrt-rtx" and document["host_key"] == "sm86-sm89-sm120"
+    assert {row["model_name"]: row["state"] for row in document["backbones"]} == {m: "fresh" for m in MODELS}
+    key = rtx_project.doit("engines-key")
+    assert key.returncode == 0 and "trtrtx-1.7.1.116-sm86-sm89-sm120" in key.stdout, key.stdout + key.stderr
+
+    document = yaml.safe_load(rtx_project.config.read_text())
+    document["compute_capabilities"] = ["sm89"]  # the fleet dropped two GPU types: the old plans are stale
+    rtx_project.config.write_text(yaml.safe_dump(document, sort_keys=False))
+    assert rtx_project.doit("engines").returncode == 0
+    assert len(list(rtx_project.cache.glob("*.engine"))) == 6
+    plan = rtx_project.doit("engines-gc")
+    assert plan.returncode == 0 and "sm86-sm89-sm120" in plan.stdout, plan.stdout + plan.stderr
+    assert len(list(rtx_project.cache.glob("*.engine"))) == 6  # a plan only
+    applied = rtx_project.doit("engines-gc", "--apply")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    left = sorted(p.name for p in rtx_project.cache.glob("*.engine"))
+    assert len(left) == 3 and all(".sm89." in name for name in left), left
