@@ -49,7 +49,7 @@ __all__ = ["BUILD_LOG_SUFFIX", "LoadedEngine", "TensorRTBackend", "build_log_pat
 
 log = logging.getLogger("provisioning.tensorrt")
 _MIB = 1 << 20
-_PLUGINS_READY: dict[str, bool] = {}  # module name -> what init_libnvinfer_plugins returned
+_PLUGINS_READY: dict[Any, bool] = {}  # trt module -> what init_libnvinfer_plugins returned
 _PLUGINS_LOCK = threading.Lock()
 # What TensorRT-RTX logs (and appends to parser errors) after every API error when there is
 # no GPU: "[checkMacros.cpp::catchCudaError::250] Error Code 1: Cuda Runtime (... cudaError 35 ...)".
@@ -86,15 +86,14 @@ def init_plugins(trt: Any, logger: Any) -> bool:
     Plugin-backed ONNX ops (EfficientNMS, RoiAlign, ...) and plans with plugin layers
     need the registry filled first, as Polygraphy does.
     """
-    name = getattr(trt, "__name__", "tensorrt")
     with _PLUGINS_LOCK:
-        if name not in _PLUGINS_READY:
+        if trt not in _PLUGINS_READY:
             try:
-                _PLUGINS_READY[name] = bool(trt.init_libnvinfer_plugins(logger, ""))
+                _PLUGINS_READY[trt] = bool(trt.init_libnvinfer_plugins(logger, ""))
             except Exception as exc:  # noqa: BLE001 - a missing plugin library must not stop plain models
                 log.warning("TensorRT plugins not registered (%s); models with plugin ops will not parse", exc)
-                _PLUGINS_READY[name] = False
-        return _PLUGINS_READY[name]
+                _PLUGINS_READY[trt] = False
+        return _PLUGINS_READY[trt]
 
 
 def build_log_path(engine_path: Path) -> Path:

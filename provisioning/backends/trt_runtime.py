@@ -104,14 +104,15 @@ def load_verified(trt: Any, logger: Any, path: Path) -> LoadedEngine:
     inputs = manifest.get("inputs") if isinstance(manifest.get("inputs"), dict) else {}
     backend = inputs.get("backend")
     wanted = "tensorrt-rtx" if getattr(trt, "__name__", "") == "tensorrt_rtx" else "tensorrt"
+    product = "TensorRT-RTX" if wanted == "tensorrt-rtx" else "TensorRT"
     if backend != wanted:
-        raise BackendError(f"{where}: was built by {backend or 'an unknown backend'}, not {wanted}; {REBUILD_HINT}")
+        raise BackendError(f"{where}: was built by {backend or 'an unknown backend'}, not {product}; {REBUILD_HINT}")
     settings = inputs.get("build_settings") if isinstance(inputs.get("build_settings"), dict) else {}
     version_compatible = settings.get("version_compatible") is True
     built_with = str(inputs.get("backend_version"))
     if not version_compatible and release_tuple(built_with) != release_tuple(str(trt.__version__)):
         raise BackendError(
-            f"{where}: was built with {backend} {built_with}, this host runs {trt.__version__} "
+            f"{where}: was built with {product} {built_with}, this host runs {trt.__version__} "
             f"(a foreign plan); {REBUILD_HINT}"
         )
     loaded = deserialize(trt, logger, plan, host_code_allowed=version_compatible, where=where)

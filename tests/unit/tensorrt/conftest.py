@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fake_tensorrt import FakeWorld
-from trt_helpers import VERSIONS, install_fake, write_bf16_model, write_qdq_model
+from trt_helpers import RTX, VERSIONS, install_fake, write_bf16_model, write_qdq_model
 
 
 @pytest.fixture(params=sorted(VERSIONS), ids=sorted(VERSIONS))
@@ -35,3 +35,9 @@ def world10(monkeypatch) -> FakeWorld:
 def world11(monkeypatch) -> FakeWorld:
     """The fake TensorRT 11.4 only (for 11.x-specific behaviour)."""
     return install_fake(monkeypatch, FakeWorld(version=VERSIONS["trt11"]))
+
+
+@pytest.fixture
+def world_rtx(monkeypatch) -> FakeWorld:
+    """The fake TensorRT for RTX 1.7 (``tensorrt_rtx``), on a machine without a GPU like the real one here."""
+    return install_fake(monkeypatch, FakeWorld(version=RTX, no_gpu=True))

@@ -35,8 +35,25 @@ def test_ampere_plus_engine_is_shared_by_another_ampere_plus_gpu(world, models, 
 
 def test_ampere_plus_on_a_turing_gpu_is_refused(world, models, tmp_path):
     host = gpu_host(world, name="Tesla T4", cc=(7, 5))
-    with pytest.raises(BackendError, match="ampere_plus needs an Ampere or newer GPU .* Tesla T4 is sm75"):
+    with pytest.raises(BackendError, match="ampere_plus needs compute capability 8.0.* Tesla T4 is sm75"):
         compile_one(tmp_path / "cache", host, spec(models, hardware_compatibility="ampere_plus"))
+    assert world.builds == []
+
+
+def test_same_compute_capability_needs_turing_or_newer(world, models, tmp_path):
+    host = gpu_host(world, name="Tesla V100-SXM2-16GB", cc=(7, 0))
+    with pytest.raises(BackendError, match="same_compute_capability needs compute capability 7.5.* is sm70"):
+        compile_one(tmp_path / "cache", host, spec(models, hardware_compatibility="same_compute_capability"))
+    assert world.builds == []
+    summary = compile_one(tmp_path / "cache", gpu_host(world, name="Tesla T4", cc=(7, 5)),
+                          spec(models, hardware_compatibility="same_compute_capability"))
+    assert summary.built == 1
+
+
+def test_bf16_on_trt10_needs_ampere(world10, models, tmp_path):
+    with pytest.raises(BackendError, match="precision bf16 needs compute capability 8.0.* Tesla T4 is sm75"):
+        compile_one(tmp_path / "cache", gpu_host(world10, name="Tesla T4", cc=(7, 5)), spec(models, precision="bf16"))
+    assert world10.builds == []
 
 
 def test_version_compatible_sets_the_flag_and_relaxes_the_version_in_the_name(world, models, tmp_path):
@@ -84,7 +101,7 @@ def test_corrupt_timing_cache_is_ignored_with_a_warning_and_replaced(world, mode
 def test_timing_cache_of_another_device_is_ignored_not_fatal(world, models, tmp_path, caplog, monkeypatch):
     cache, host = tmp_path / "cache", gpu_host(world)
     compile_one(cache, host, spec(models, "det"))
-    monkeypatch.setattr(world, "gpu_uuid", "GPU-other-card-same-model")  # same name, another card
+    monkeypatch.setattr(world, "gpu_uuid", "GPU-22222222-3333-4444-5555-666666666666")  # same name, another card
     with caplog.at_level(logging.WARNING, logger="provisioning.tensorrt"):
         summary = compile_one(cache, gpu_host(world), spec(models, "cls"))
     assert summary.built == 1

@@ -55,14 +55,29 @@ def test_runtime_returning_none_means_not_published(world, models, tmp_path):
     assert not list(cache.glob("*.engine"))
 
 
-def test_builder_nullptr_is_no_gpu_with_hint_and_nothing_cached(world, models, tmp_path):
+def test_no_driver_is_no_gpu_with_the_cuda_cause_and_nothing_cached(world, models, tmp_path):
+    world.no_gpu = True  # NVML saw a GPU, but CUDA cannot start (no usable driver)
+    cache = tmp_path / "cache"
+    with pytest.raises(NoGpuError) as caught:
+        compile_one(cache, gpu_host(world), spec(models, "det"))
+    message = str(caught.value)
+    assert caught.value.exit_code == 69 and "\n" not in message
+    assert "cudaErrorInsufficientDriver" in message  # cuda-python's device check, before TensorRT
+    assert "run the engine build on a GPU host" in message and "mounted volume" in message
+    assert world.builds == [] and cache_files(cache) == []
+
+
+def test_builder_nullptr_is_no_gpu_with_hint_and_nothing_cached(world, models, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)  # no cuda-python: TensorRT is the first to try CUDA
     world.no_gpu = True
     cache = tmp_path / "cache"
     with pytest.raises(NoGpuError) as caught:
         compile_one(cache, gpu_host(world), spec(models, "det"))
     message = str(caught.value)
     assert caught.value.exit_code == 69
-    assert "CUDA initialization failure with error: 35" in message
+    assert "CUDA initialization failure" in message or "CUDA error 35" in message, message
     assert "run the engine build on a GPU host" in message and "mounted volume" in message
     assert cache_files(cache) == []
 
@@ -83,7 +98,7 @@ def test_missing_tensorrt_is_backend_unavailable_with_install_hint(models, tmp_p
     from fake_tensorrt import FakeWorld
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
-    with pytest.raises(BackendUnavailableError, match="install the tensorrt extra from NVIDIA's package index"):
+    with pytest.raises(BackendUnavailableError, match="install the tensorrt-cu12 or tensorrt-cu13 extra .*from NVIDIA's package index"):
         compile_one(tmp_path / "cache", gpu_host(FakeWorld()), spec(models))
 
 

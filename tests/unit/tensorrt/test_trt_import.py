@@ -43,7 +43,8 @@ def test_backend_says_how_to_install_tensorrt_when_it_compiles():
         except BackendUnavailableError as exc:
             print(exc)
     """)
-    assert "install the tensorrt extra from NVIDIA's package index" in done.stdout, done.stderr
+    assert "install the tensorrt-cu12 or tensorrt-cu13 extra" in done.stdout, done.stderr
+    assert "from NVIDIA's package index" in done.stdout
 
 
 def test_doit_list_and_engines_status_work_without_tensorrt(corpus_yaml, monkeypatch):

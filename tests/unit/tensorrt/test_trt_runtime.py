@@ -24,18 +24,28 @@ def test_validate_runs_one_inference_and_records_it(world, models, tmp_path):
 def test_outputs_off_by_more_than_the_tolerance_are_not_published(world, models, tmp_path):
     world.output_offset = 0.05
     cache = tmp_path / "cache"
-    with pytest.raises(BackendError, match=r"validation against ONNX Runtime failed \(fp32 tolerance\): output "):
+    with pytest.raises(BackendError, match=r"validation against ONNX Runtime failed \(tf32 tolerance\): output "):
         compile_one(cache, gpu_host(world), spec(models, "det", validate=True))
     assert not list(cache.glob("*.engine"))
     assert world.cudart.live == {}
 
 
 def test_tolerance_depends_on_precision(world10, models, tmp_path):
-    world10.output_offset = 0.01  # inside fp16's tolerance, outside fp32's
+    world10.output_offset = 0.01  # inside fp16's tolerance, outside fp32's and TF32's
     summary = compile_one(tmp_path / "cache", gpu_host(world10), spec(models, "det", precision="fp16", validate=True))
     assert summary.built == 1
-    with pytest.raises(BackendError, match="fp32 tolerance"):
+    with pytest.raises(BackendError, match="tf32 tolerance"):
         compile_one(tmp_path / "cache", gpu_host(world10), spec(models, "det", validate=True))
+
+
+def test_fp32_validation_is_tf32_aware_from_compute_capability_8(world, models, tmp_path, monkeypatch):
+    world.output_offset = 0.002  # what TF32 rounding can cost: over strict fp32, inside the TF32 tolerance
+    summary = compile_one(tmp_path / "cache", gpu_host(world), spec(models, "det", validate=True))
+    notes = summary.by_name()["det"].entry.manifest["build"]["notes"]
+    assert notes["validation_tolerance"] == "tf32" and notes["tf32"].startswith("enabled")
+    monkeypatch.setattr(world, "compute_capability", (7, 5))  # Turing: no TF32, fp32 is fp32
+    with pytest.raises(BackendError, match=r"\(fp32 tolerance\)"):
+        compile_one(tmp_path / "cache2", gpu_host(world, name="Tesla T4"), spec(models, "det", validate=True))
 
 
 def test_validate_without_cuda_python_says_how_to_install(world, models, tmp_path, monkeypatch):

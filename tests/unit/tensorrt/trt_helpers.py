@@ -17,16 +17,18 @@ from provisioning.config import InputShape
 from provisioning.host import GpuInfo, HostCapabilities
 
 VERSIONS = {"trt10": "10.16.1.11", "trt11": "11.4.0.106"}
+RTX = "1.7.1.116"  # TensorRT for RTX: its fake is ``tensorrt_rtx`` (see install_fake)
+ALL_VERSIONS = {**VERSIONS, "rtx": RTX}
 H200 = "GPU-11111111-2222-3333-4444-555555555555"
 
 
 def install_fake(monkeypatch, world: FakeWorld) -> FakeWorld:
-    """Put the fake ``tensorrt`` and ``cuda.bindings.runtime`` for ``world`` into sys.modules."""
+    """Put the fake ``tensorrt`` (``tensorrt_rtx`` for RTX 1.x) and ``cuda.bindings.runtime`` into sys.modules."""
     world.trt = make_fake_tensorrt(world)
-    world.cudart = FakeCudaRuntime()
+    world.cudart = FakeCudaRuntime(world)
     cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
     cuda.bindings, bindings.runtime = bindings, world.cudart
-    monkeypatch.setitem(sys.modules, "tensorrt", world.trt)
+    monkeypatch.setitem(sys.modules, world.trt.__name__, world.trt)
     monkeypatch.setitem(sys.modules, "cuda", cuda)
     monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", world.cudart)
@@ -85,3 +87,32 @@ def compile_one(cache: Path, host: HostCapabilities, *specs: BackboneSpec, heart
     """Drive the real compiler with the TensorRT backend; returns the summary."""
     request = EngineCompileRequest(backbones=tuple(specs), cache_dir=cache, host=host)
     return EngineCompiler(TensorRTBackend(), heartbeat_s=heartbeat_s).compile_engines_for_corpus(request)
+
+
+def _save(path, nodes, inputs, outputs, inits=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+def write_onnx_cases(folder):
+    """relu (dynamic batch), unknown op, MatMul mismatch, truncated, zero-led garbage, static relu, missing."""
+    f = TensorProto.FLOAT
+    files = {
+        "relu": _save(folder / "relu.onnx", [helper.make_node("Relu", ["x"], ["y"], name="relu0")],
+                      [helper.make_tensor_value_info("x", f, ["N", 8])], [helper.make_tensor_value_info("y", f, ["N", 8])]),
+        "static": _save(folder / "static.onnx", [helper.make_node("Relu", ["x"], ["y"], name="relu0")],
+                        [helper.make_tensor_value_info("x", f, [1, 8])], [helper.make_tensor_value_info("y", f, [1, 8])]),
+        "unknown": _save(folder / "unknown.onnx", [helper.make_node("Relu", ["x"], ["a"], name="relu0"),
+                                                   helper.make_node("FancyOp", ["a"], ["y"], name="fancy_1")],
+                         [helper.make_tensor_value_info("x", f, [1, 8])], [helper.make_tensor_value_info("y", f, [1, 8])]),
+        "matmul": _save(folder / "matmul.onnx", [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm0")],
+                        [helper.make_tensor_value_info("x", f, [1, 8])], [helper.make_tensor_value_info("y", f, [1, 4])],
+                        [numpy_helper.from_array(np.ones((5, 4), np.float32), "w")]),
+    }
+    data = open(files["relu"], "rb").read()
+    (folder / "trunc.onnx").write_bytes(data[: len(data) // 2])
+    (folder / "garbage.onnx").write_bytes(b"\x00\x01garbage garbage")
+    files.update(trunc=str(folder / "trunc.onnx"), garbage=str(folder / "garbage.onnx"),
+                 missing=str(folder / "missing.onnx"))
+    return files
