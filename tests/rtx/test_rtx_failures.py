@@ -72,3 +72,11 @@ def test_errors_do_not_blame_the_cuda_driver_on_a_gpu_less_build(tmp_path: Path,
     matmul = _fails(tmp_path / "b", spec_for(write_matmul_mismatch_model(tmp_path / "mm.onnx"), "mm"))
     for message in (profile, matmul):
         assert "cudaError 35" not in message and "CUDA driver version is insufficient" not in message, message
+
+
+def test_a_shape_set_shape_raises_on_is_one_line_not_a_raw_runtime_error(tmp_path: Path) -> None:
+    """IOptimizationProfile.set_shape raises RuntimeError for a negative dim: one BackendError line instead."""
+    spec = spec_for(CLS, "cls", {"features": InputShape((-1, 64), (8, 64), (32, 64))})
+    message = _fails(tmp_path, spec)
+    assert message.startswith("backbone cls: field 'inputs.features': TensorRT refused min [-1, 64]")
+    assert "IOptimizationProfile::setDimensions" in message and "x >= 0" in message  # TensorRT's own reason
