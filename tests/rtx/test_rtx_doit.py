@@ -5,22 +5,10 @@ from __future__ import annotations
 import yaml
 
 from tests.conftest import DoitProject
+from tests.integration.conftest import outcomes as _outcomes
+from tests.integration.conftest import task_lines as _marks
 
 MODELS = {"det", "cls", "emb"}
-
-
-def _marks(stdout: str) -> dict[str, str]:
-    """``{'det': '.', 'cls': '--'}`` from doit's console reporter."""
-    marks = {}
-    for line in stdout.splitlines():
-        for mark in (".  ", "-- "):
-            if line.startswith(mark + "engines:"):
-                marks[line[len(mark) + len("engines:"):].strip()] = mark.strip()
-    return marks
-
-
-def _outcomes(events: list[dict]) -> dict[str, str]:
-    return {e["model_name"]: e["outcome"] for e in events}
 
 
 def _stamps(project: DoitProject) -> dict[str, tuple[int, int]]:
