@@ -9,6 +9,9 @@ real ONNX Runtime backend through a real ``doit engines``:
 - warm-full: 20 backbones, each one MatMul with a ~100 MB weight, so each engine is ~100 MB;
   a no-op ``doit engines`` vs ``openssl dgst -sha256`` over the same engine files.
 - warm-stat: 100 tiny backbones with ``verify: stat``; a no-op ``doit engines`` vs ``doit list``.
+- path: ``doit engines-path`` (a server asking for one verified engine) vs ``doit list``, same project.
+- session: creating an ONNX Runtime session from a cold-build engine (``open_engine``:
+  optimisations off, verified bytes) vs from its source ONNX (default options).
 - cold: deep residual Conv/BatchNorm/Relu nets (thousands of nodes, so ONNX Runtime's graph
   optimisation takes seconds); ``doit engines`` from nothing vs the sum of ``compile_duration_s``.
 - hash: ``provisioning.sidecar.hash_file`` on a 1 GB file vs ``openssl dgst -sha256`` (throughput).
@@ -228,8 +231,20 @@ def bench_warm_stat(work: Path, sizes: Sizes) -> Row:
         return elapsed
 
     reference, measured = interleaved(lambda: doit(project, "list")[0], warm, sizes.repeat)
-    return Row("warm-stat", f"no-op `doit engines`, {len(paths)} backbones, verify: stat / `doit list`",
-               measured / reference, 3.0, False, f"doit engines {measured:.2f} s, doit list {reference:.2f} s")
+
+    def path() -> float:
+        elapsed, result = doit(project, "engines-path", "tiny000")
+        if result.returncode != 0 or not result.stdout.strip().endswith(".engine"):
+            raise RuntimeError(f"engines-path failed:\n{result.stdout}\n{result.stderr}")
+        return elapsed
+
+    listing, resolved = interleaved(lambda: doit(project, "list")[0], path, sizes.repeat)
+    return [
+        Row("warm-stat", f"no-op `doit engines`, {len(paths)} backbones, verify: stat / `doit list`",
+            measured / reference, 3.0, False, f"doit engines {measured:.2f} s, doit list {reference:.2f} s"),
+        Row("path", f"`doit engines-path MODEL` ({len(paths)} backbones, verify: stat) / `doit list`",
+            resolved / listing, 1.5, False, f"engines-path {resolved:.3f} s, doit list {listing:.3f} s"),
+    ]
 
 
 def _without_database(project: Path) -> float:
@@ -264,9 +279,40 @@ def bench_cold(work: Path, sizes: Sizes) -> Row:
         compile_s = _compile_seconds(project)
         ratios.append((elapsed / compile_s, elapsed, compile_s))
     ratio, elapsed, compile_s = min(ratios)
-    return Row("cold", f"`doit engines` from nothing, {len(paths)} models x {sizes.cold_blocks * 4} nodes "
-               "/ sum of compile_duration_s", ratio, 1.10, False,
-               f"doit {elapsed:.2f} s, compiles {compile_s:.2f} s")
+    from_engine, from_source = _session_seconds(project, paths, sizes.repeat)
+    return [
+        Row("cold", f"`doit engines` from nothing, {len(paths)} models x {sizes.cold_blocks * 4} nodes "
+            "/ sum of compile_duration_s", ratio, 1.10, False,
+            f"doit {elapsed:.2f} s, compiles {compile_s:.2f} s"),
+        Row("session", f"ONNX Runtime session from the engines (open_engine) / from the source ONNX, "
+            f"{len(paths)} cold-build models", from_engine / from_source, None, False,
+            f"engines {from_engine * 1000:.0f} ms, sources {from_source * 1000:.0f} ms: the start-up time "
+            "the CPU backend saves"),
+    ]
+
+
+def _session_seconds(project: Path, sources: list[Path], repeat: int) -> tuple[float, float]:
+    """Best total time to open every engine through open_engine, and every source ONNX by default."""
+    import onnxruntime as ort
+
+    from provisioning import resolve_engine
+
+    config = project / "corpus" / "corpus.yaml"
+    entries = [resolve_engine(config, p.stem) for p in sources]
+
+    def engines() -> float:
+        started = time.perf_counter()
+        for entry in entries:
+            entry.open()
+        return time.perf_counter() - started
+
+    def originals() -> float:
+        started = time.perf_counter()
+        for path in sources:
+            ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return time.perf_counter() - started
+
+    return interleaved(engines, originals, repeat)
 
 
 def _big_file(work: Path, mib: int) -> Path:
@@ -373,11 +419,11 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(bench_memory(big, sizes))
             big.unlink()
         if "cold" in chosen:
-            rows.append(bench_cold(work, sizes))
+            rows.extend(bench_cold(work, sizes))
         if "warm-full" in chosen:
             rows.extend(bench_warm_full(work, sizes))
         if "warm-stat" in chosen:
-            rows.append(bench_warm_stat(work, sizes))
+            rows.extend(bench_warm_stat(work, sizes))
     finally:
         if args.keep:
             print(f"workloads kept in {work}", file=sys.stderr)

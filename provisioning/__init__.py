@@ -20,6 +20,7 @@ from .errors import (
     BackendUnavailableError,
     CacheError,
     ConfigError,
+    EngineNotReadyError,
     HostProbeError,
     NoGpuError,
     ProvisioningError,
@@ -27,6 +28,7 @@ from .errors import (
 )
 from .host import GpuInfo, HostCapabilities
 from .schema import EngineFilenameSchema, ParsedEngineName
+from .serving import open_engine, resolve_engine
 from .sidecar import Sha256Sidecar
 
 __version__ = "0.1.0"
@@ -46,6 +48,7 @@ __all__ = [
     "EngineCompileSummary",
     "EngineCompiler",
     "EngineFilenameSchema",
+    "EngineNotReadyError",
     "EngineOutput",
     "GpuInfo",
     "HostCapabilities",
@@ -61,5 +64,7 @@ __all__ = [
     "build_compile_request",
     "build_engine_compiler",
     "load_config",
+    "open_engine",
     "probe_host_for",
+    "resolve_engine",
 ]

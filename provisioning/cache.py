@@ -59,6 +59,12 @@ class EngineCacheEntry:
         """The ``.sha256`` sidecar beside the engine."""
         return Sha256Sidecar.path_for(self.path)
 
+    def open(self) -> Any:
+        """The engine ready to run (see :func:`provisioning.serving.open_engine`)."""
+        from .serving.resolve import open_engine
+
+        return open_engine(self)
+
 
 @dataclass(frozen=True)
 class EntryCheck:

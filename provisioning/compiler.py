@@ -24,7 +24,7 @@ from .config import InputShape
 from .errors import BackendError, CacheError, ConfigError
 from .host import HostCapabilities
 from .manifest import BuildInputs, make_manifest, manifest_bytes, manifest_path_for
-from .onnxinfo import onnx_digest
+from .onnxinfo import onnx_digest, write_pending_inspections
 from .schema import EngineFilenameSchema
 from .sidecar import TEMP_SUFFIX, Payload, Sha256Sidecar
 
@@ -264,6 +264,7 @@ class EngineCompiler:
         if not os.path.isdir(request.cache_dir):
             ensure_cache_dir(request.cache_dir)  # a new cache: create it (or say why not) up front
         results = [self._compile_one(spec, request) for spec in request.resolved_backbones()]
+        write_pending_inspections(request.cache_dir)  # the next run (or resolve) skips importing onnx
         return EngineCompileSummary(tuple(results))
 
     def _compile_one(self, spec: BackboneSpec, request: EngineCompileRequest) -> EngineCompileResult:

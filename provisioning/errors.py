@@ -52,3 +52,9 @@ class CacheError(ProvisioningError, RuntimeError):
 
 class UnsafePathError(CacheError):
     """A cache path is a symlink or otherwise points outside the cache; never followed."""
+
+
+class EngineNotReadyError(ProvisioningError, LookupError):
+    """This host's engine of a backbone is missing, stale or corrupt (and was not to be built)."""
+
+    exit_code = 1  # as engines-status: something needs a build

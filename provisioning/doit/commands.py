@@ -1,4 +1,4 @@
-"""doit command plugins: ``engines-status``, ``engines-gc`` and ``engines-key``.
+"""doit command plugins: ``engines-status``, ``engines-gc``, ``engines-key`` and ``engines-path``.
 
 Registered under the ``doit.COMMAND`` entry-point group, so they work in any project
 where the package is installed, with or without a ``dodo.py``. The corpus is chosen as
@@ -191,6 +191,37 @@ class EnginesKey(_EnginesCommand):
     def run(self, params: dict[str, Any]) -> int:
         key, prefix = cache_key(load_corpus(config_path(params["config"] or None)))
         print(prefix if params["prefix"] else key)
+        return 0
+
+
+class EnginesPath(_EnginesCommand):
+    """``doit engines-path MODEL [--json]``: this host's verified engine of one backbone."""
+
+    name = "engines-path"
+    doc_purpose = "print the verified absolute path of this host's engine of MODEL (or its manifest as JSON)"
+    doc_usage = "MODEL [--json] [--config PATH]"
+    doc_description = ("Exit code 0 when the engine is fresh, 1 when it is missing, stale or corrupt "
+                       "(run doit engines), the config error's code otherwise.")
+    cmd_options = (opt_config, opt_json)
+
+    def execute(self, params: Any, args: list[str]) -> int:
+        if "--json" in args:  # doit stops parsing options at the first positional: allow MODEL --json
+            args = [a for a in args if a != "--json"]
+            params["json"] = True
+        if len(args) != 1:
+            return _error(f"{self.name}: give exactly one backbone name (doit engines-path MODEL); "
+                          f"got {len(args)}", USAGE_ERROR)
+        self._model = args[0]
+        return super().execute(params, [])
+
+    def run(self, params: dict[str, Any]) -> int:
+        from ..serving.resolve import resolve_engine
+
+        entry = resolve_engine(config_path(params["config"] or None), self._model)
+        if params["json"]:
+            print(json.dumps({"path": str(entry.path), **dict(entry.manifest)}, indent=2, sort_keys=True))
+        else:
+            print(entry.path)
         return 0
 
 

@@ -1,0 +1,111 @@
+"""Resolve this host's verified engine of a backbone, and open it the right way.
+
+The engine's file name is hardware-tied, so a server cannot hard-code it: it asks
+:func:`resolve_engine`, which computes the name for this host exactly as ``doit engines``
+does, verifies the entry (sidecar, manifest, today's inputs; ``verify: stat`` trusts an
+unchanged engine as the doit checker does) and returns it. With ``build=True`` a missing
+engine is built or fetched through the same compiler and locks: the just-in-time path for
+a server start. The warm path imports no onnx, onnxruntime, numpy or TensorRT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..cache import EngineCacheEntry, check_entry
+from ..compiler import EngineCompileRequest, expected_build_inputs
+from ..compose import build_backbone_specs, build_engine_compiler, probe_host_for, resolve_backend
+from ..config import ProvisioningConfig, load_config
+from ..errors import BackendError, ConfigError, EngineNotReadyError
+from ..manifest import explain_mismatch, read_manifest
+from ..onnxinfo import write_pending_inspections
+from ..schema import EngineFilenameSchema
+from ..sidecar import open_nofollow
+from ..verify import verify_engine
+
+__all__ = ["open_engine", "resolve_engine"]
+
+_PROTOBUF_LIMIT = 1_800_000_000  # ONNX Runtime parses bytes through protobuf (2 GiB at most)
+
+
+def resolve_engine(config: str | os.PathLike[str] | ProvisioningConfig, model_name: str, *,
+                   build: bool = False) -> EngineCacheEntry:
+    """This host's verified engine of ``model_name``; with ``build=True`` build or fetch it when needed.
+
+    Without ``build`` a missing, stale or corrupt engine is :class:`EngineNotReadyError`
+    (one line: which state, why, and the command that fixes it).
+    """
+    loaded = config if isinstance(config, ProvisioningConfig) else load_config(config)
+    backbone = next((b for b in loaded.backbones if b.model_name == model_name), None)
+    if backbone is None:
+        known = ", ".join(b.model_name for b in loaded.backbones)
+        raise ConfigError(f"{loaded.config_path}: no backbone {model_name!r} (the config has {known}); "
+                          "check the name or the config")
+    one = replace(loaded, backbones=(backbone,))
+    backend = resolve_backend(one)
+    host = probe_host_for(one, backend)
+    (spec,) = build_backbone_specs(one, backend, host=host)
+    cache_dir = Path(loaded.cache_dir)
+    engine_path = cache_dir / EngineFilenameSchema.build(spec, host)
+    expected = expected_build_inputs(spec, host)
+    check = check_entry(engine_path, model_name, expected, verify=lambda p: verify_engine(p, loaded.verify))
+    if check.hit:
+        write_pending_inspections(cache_dir)  # this process inspected the ONNX: spare the next one
+        return check.entry
+    if build:
+        compiler = build_engine_compiler(one, backend=backend)
+        request = EngineCompileRequest(backbones=(spec,), cache_dir=cache_dir, host=host)
+        return compiler.compile_engines_for_corpus(request).results[0].entry
+    state = _state(engine_path, expected)
+    raise EngineNotReadyError(
+        f"backbone {model_name}: this host's engine {engine_path.name} is {state} in {cache_dir} "
+        f"({'; '.join(check.reasons)}); run `doit engines:{model_name}` (or `doit engines`), "
+        "or resolve it with build=True"
+    )
+
+
+def _state(engine_path: Path, expected: Any) -> str:
+    """missing (never built here), stale (built from other inputs) or corrupt (bytes or records damaged)."""
+    if not os.path.lexists(engine_path):
+        return "missing"
+    manifest = read_manifest(engine_path)
+    if manifest is not None and explain_mismatch(manifest, expected):
+        return "stale"
+    return "corrupt"
+
+
+def open_engine(entry: EngineCacheEntry) -> Any:
+    """A ready engine: an ONNX Runtime ``InferenceSession``, or a deserialized TensorRT engine.
+
+    ONNX Runtime engines are already optimized, so they are opened with
+    ``ORT_DISABLE_ALL`` (no second optimization pass at every start), from the very bytes
+    that were checked against the entry's SHA-256. TensorRT and TensorRT-RTX plans go
+    through ``load_verified_engine``, which verifies the sidecar before TensorRT sees a byte.
+    """
+    backend = entry.inputs.get("backend") if isinstance(entry.inputs, dict) else None
+    if backend in ("tensorrt", "tensorrt-rtx"):
+        from ..backends.tensorrt import load_verified_engine
+
+        return load_verified_engine(entry.path)
+    if backend != "onnxruntime":
+        raise BackendError(f"engine {entry.path}: built by {backend or 'an unknown backend'}, which "
+                           "open_engine cannot load; rebuild it with doit engines")
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    where = f"engine {entry.path}"
+    if entry.size > _PROTOBUF_LIMIT:  # too large to parse from memory: verified, then opened by path
+        if verify_engine(entry.path).sha256 != entry.sha256:
+            raise BackendError(f"{where}: bytes changed since it was resolved; resolve it again")
+        return ort.InferenceSession(str(entry.path), options, providers=["CPUExecutionProvider"])
+    with os.fdopen(open_nofollow(entry.path), "rb") as handle:
+        blob = handle.read()
+    if hashlib.sha256(blob).hexdigest() != entry.sha256:
+        raise BackendError(f"{where}: bytes do not match the resolved SHA-256 (changed or corrupt); "
+                           "resolve it again or rebuild it with doit engines")
+    return ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
