@@ -1,0 +1,1 @@
+"""Serving: resolving engines for a server, exporting them to Triton."""
