@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Protocol
 
 from .backends.base import CompileEngineCallable, EngineOutput
-from .cache import EngineCacheEntry, append_event, check_entry, engine_lock, ensure_cache_dir
-from .config import InputShape
-from .errors import BackendError, CacheError, ConfigError
+from .cache import EngineCacheEntry, EntryCheck, append_event, check_entry, engine_lock, ensure_cache_dir
+from .config import InputShape, ValidationCriteria, criteria_of
+from .errors import BackendError, CacheError, ConfigError, ValidationFailed
 from .host import HostCapabilities
 from .manifest import BuildInputs, make_manifest, manifest_bytes, manifest_path_for
 from .onnxinfo import onnx_digest, write_pending_inspections
+from .qualification import record_validation, validation_matches, validation_of, why_not_validated
 from .schema import EngineFilenameSchema
 from .sidecar import TEMP_SUFFIX, Payload, Sha256Sidecar
 
@@ -60,7 +61,7 @@ class BackboneSpec:
     inputs: tuple[tuple[str, InputShape], ...] = ()
     external_data: tuple[Path, ...] = ()
     workspace_mb: int = 4096
-    validate: bool = False
+    validate: ValidationCriteria | bool = False  # a bool means the default criteria (or none)
     hardware_compatibility: str = "none"
     version_compatible: bool = False
     # TensorRT-RTX: the compute capabilities the plan targets (sorted ``sm86`` tags; part of the host key)
@@ -88,6 +89,17 @@ class BackboneSpec:
     def source_files(self) -> tuple[Path, ...]:
         """The ONNX file and its external data files (the ``file_dep`` of its task)."""
         return (self.onnx_path, *self.external_data)
+
+    @property
+    def criteria(self) -> ValidationCriteria:
+        """What validation asks of this backbone's engine (``enabled`` False: nothing)."""
+        return criteria_of(self.validate)
+
+    @property
+    def validation_files(self) -> tuple[Path, ...]:
+        """Files validation reads (an ``.npz`` of inputs): also a ``file_dep`` of the task."""
+        file = self.criteria.inputs_file
+        return (file,) if self.criteria.enabled and file is not None else ()
 
 
 @dataclass(frozen=True)
@@ -279,13 +291,15 @@ class EngineCompiler:
             verification = engine_check.result()
         host_key = host.identity_for(spec).host_key
         check = check_entry(engine_path, spec.model_name, expected, verify=lambda _: verification)
-        if check.hit:
+        if check.hit and validation_matches(check.entry.manifest, spec):
             return self._finish(request, host_key, EngineCompileResult(check.entry, CompileOutcome.REUSED, None))
         ensure_cache_dir(request.cache_dir)
         with engine_lock(engine_path):
             check = check_entry(engine_path, spec.model_name, expected)  # another process may have built it
             if check.hit:
-                return self._finish(request, host_key, EngineCompileResult(check.entry, CompileOutcome.REUSED, None))
+                revalidated, check = self._revalidate(spec, host, check)
+                if revalidated is not None:
+                    return self._finish(request, host_key, revalidated)
             log.info(
                 "miss %s: %s", spec.model_name, "; ".join(check.reasons),
                 extra={"event": "miss", "model_name": spec.model_name, "reasons": list(check.reasons)},
@@ -293,11 +307,11 @@ class EngineCompiler:
             if self._remote is not None:
                 fetched = self._remote.fetch(engine_path, spec.model_name, expected)
                 if fetched is not None:
-                    remote_check = check_entry(engine_path, spec.model_name, expected)
+                    remote_check, revalidated = check_entry(engine_path, spec.model_name, expected), None
                     if remote_check.hit:
-                        result = EngineCompileResult(
-                            remote_check.entry, CompileOutcome.REUSED, None, check.reasons, source="remote"
-                        )
+                        revalidated, remote_check = self._revalidate(spec, host, remote_check, "remote")
+                    if remote_check.hit and revalidated is not None:
+                        result = replace(revalidated, miss_reasons=check.reasons)
                         return self._finish(request, host_key, result, fetch_bytes=fetched.bytes,
                                             fetch_seconds=round(fetched.seconds, 3))
             entry, duration = self._build(spec, host, engine_path, expected, request, host_key)
@@ -305,6 +319,36 @@ class EngineCompiler:
             self._remote.publish(entry)
         result = EngineCompileResult(entry, CompileOutcome.BUILT, duration, check.reasons)
         return self._finish(request, host_key, result)
+
+    def _revalidate(self, spec: BackboneSpec, host: HostCapabilities, check: EntryCheck,
+                    source: str = "local") -> tuple[EngineCompileResult | None, EntryCheck]:
+        """A verified entry, made reusable under today's validation criteria without a rebuild.
+
+        Returns the REUSED result, or None with the check turned into a miss (the reason
+        logged) when the engine cannot be validated here or misses the criteria: then it
+        is rebuilt, and the rebuild must pass the same criteria to be published.
+        """
+        entry = check.entry
+        assert entry is not None
+        if validation_matches(entry.manifest, spec):
+            return EngineCompileResult(entry, CompileOutcome.REUSED, None, source=source), check
+        why = why_not_validated(entry.manifest, spec)
+        validate_engine = getattr(self._backend, "validate_engine", None)
+        if validate_engine is None:
+            return None, EntryCheck(None, (f"{why}; this backend validates only while building",))
+        log.info("validating %s: %s", spec.model_name, why,
+                 extra={"event": "validate", "model_name": spec.model_name, "reason": why})
+        try:
+            report = validate_engine(spec, host, entry.path)
+        except ValidationFailed as exc:
+            reason = str(exc).splitlines()[0].removeprefix(f"backbone {spec.model_name}: ")
+            return None, EntryCheck(None, (f"cached engine failed {reason.split('; the engine was not')[0]}",))
+        try:
+            manifest = record_validation(entry.path, entry.manifest, report)
+        except OSError as exc:
+            raise _write_error(spec.model_name, entry.path, exc) from None
+        entry = replace(entry, manifest=manifest)
+        return EngineCompileResult(entry, CompileOutcome.REUSED, None, (why,), source=source), EntryCheck(entry)
 
     def _build(
         self,
@@ -381,6 +425,9 @@ class EngineCompiler:
             extra={"event": "result", "model_name": result.model_name, "outcome": result.outcome.value,
                    "engine": result.entry.file_name, "compile_duration_s": result.compile_duration_s},
         )
+        report = validation_of(result.entry.manifest)
+        if report is not None:
+            extra["validation"] = dict(report)
         append_event(
             request.cache_dir,
             _event(result.model_name, result.outcome.value, result.entry.file_name, result.compile_duration_s,

@@ -146,6 +146,8 @@ def build_backbone_specs(config: ProvisioningConfig, backend: str | None = None,
                         f"{where}: field 'inputs.{name}': axis {axis} is fixed to {fixed} in the ONNX "
                         f"{_dims_text(graph_input.dims)}; the profile must use {fixed} there"
                     )
+        if backbone.validate:
+            _check_validation_inputs(info, backbone, where)
         targets: tuple[str, ...] = ()
         if backend in TENSORRT_BACKENDS:
             for graph_input in info.inputs:
@@ -183,6 +185,51 @@ def build_backbone_specs(config: ProvisioningConfig, backend: str | None = None,
         for info in fresh:
             remember_inspection(info, config.cache_dir)
     return tuple(specs)
+
+
+_INTEGER_TYPES = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
+_FLOAT_TYPES = ("FLOAT", "FLOAT16", "DOUBLE", "BFLOAT16")
+
+
+def _check_validation_inputs(info, backbone: BackboneConfig, where: str) -> None:
+    """Fixed validation values name real inputs, have their kind of number and fit their shapes."""
+    import json
+
+    from .config import _nested_shape
+
+    for name, text in backbone.validate.fixed_inputs:
+        key = f"{where}: field 'validate.inputs.{name}'"
+        graph_input = info.input(name)
+        if graph_input is None:
+            known = ", ".join(i.name for i in info.inputs) or "none"
+            raise ConfigError(f"{key}: the ONNX has no input {name!r} (its inputs: {known})")
+        value = json.loads(text)
+        shape = _nested_shape(value)
+        flat = _flatten(value)
+        if graph_input.elem_type in _INTEGER_TYPES and not all(isinstance(v, int) and not isinstance(v, bool)
+                                                                 for v in flat):
+            raise ConfigError(f"{key}: input {name!r} is {graph_input.elem_type}; give whole numbers")
+        if graph_input.elem_type == "BOOL" and not all(isinstance(v, bool) for v in flat):
+            raise ConfigError(f"{key}: input {name!r} is BOOL; give true or false")
+        if graph_input.elem_type not in (*_INTEGER_TYPES, *_FLOAT_TYPES, "BOOL"):
+            raise ConfigError(f"{key}: input {name!r} is {graph_input.elem_type}, which validation cannot feed")
+        profile = backbone.inputs.get(name)
+        wanted = _dims_text(graph_input.dims)
+        if profile is not None:
+            fits = len(shape) == len(profile.min) and all(lo <= d <= hi for d, lo, hi in
+                                                          zip(shape, profile.min, profile.max))
+            wanted = f"between {list(profile.min)} and {list(profile.max)} (the profile)"
+        else:
+            fits = len(shape) == len(graph_input.dims) and all(
+                not isinstance(d, int) or d == s for d, s in zip(graph_input.dims, shape))
+        if not fits:
+            raise ConfigError(f"{key}: shape {list(shape)} does not fit input {name!r}: it must be {wanted}")
+
+
+def _flatten(value):
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in _flatten(item)]
+    return [value]
 
 
 def _check_shared_dim_names(info, backbone: BackboneConfig, where: str) -> None:

@@ -94,6 +94,55 @@ class InputShape:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
 
 
+VALIDATION_METRICS = ("allclose", "cosine")
+_VALIDATE_KEYS = ("inputs", "rtol", "atol", "metric", "min_cosine", "runs", "max_latency_ms", "seed")
+DEFAULT_VALIDATION_RUNS = 10
+DEFAULT_MIN_COSINE = 0.999
+
+
+@dataclass(frozen=True)
+class ValidationCriteria:
+    """What ``validate:`` asks of an engine before it is published (or reused).
+
+    ``validate: true`` is the defaults: random inputs from seed 0, the precision's
+    tolerances, ``allclose``. ``fixed_inputs`` holds values given in the YAML as JSON text
+    (frozen and comparable); ``inputs_file`` an ``.npz`` of samples.
+    """
+
+    enabled: bool = False
+    fixed_inputs: tuple[tuple[str, str], ...] = ()
+    inputs_file: Path | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    metric: str = "allclose"
+    min_cosine: float = DEFAULT_MIN_COSINE
+    runs: int = DEFAULT_VALIDATION_RUNS
+    max_latency_ms: float | None = None
+    seed: int = 0
+
+    def __bool__(self) -> bool:
+        return self.enabled
+
+    def as_dict(self) -> dict[str, Any]:
+        """The criteria as recorded in the manifest (the input file by name; its digest is added by the caller)."""
+        import json
+
+        return {
+            "inputs": {name: json.loads(value) for name, value in self.fixed_inputs},
+            "inputs_file": self.inputs_file.name if self.inputs_file else None,
+            "rtol": self.rtol, "atol": self.atol, "metric": self.metric,
+            "min_cosine": self.min_cosine if self.metric == "cosine" else None,
+            "runs": self.runs, "max_latency_ms": self.max_latency_ms, "seed": self.seed,
+        }
+
+
+def criteria_of(validate: "ValidationCriteria | bool") -> ValidationCriteria:
+    """``validate`` as criteria (a plain bool means the defaults, or nothing)."""
+    if isinstance(validate, ValidationCriteria):
+        return validate
+    return ValidationCriteria(enabled=bool(validate))
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     """One backbone as the user wrote it, validated (paths already absolute)."""
@@ -102,7 +151,7 @@ class BackboneConfig:
     onnx: Path
     precision: str = "fp32"
     inputs: Mapping[str, InputShape] = field(default_factory=dict)
-    validate: bool = False
+    validate: ValidationCriteria = ValidationCriteria()
     hardware_compatibility: str = "none"
     version_compatible: bool = False
     # TensorRT-RTX targets as written (lower case), None: the top-level list applies
@@ -297,7 +346,7 @@ def _parse_backbone(raw: Any, index: int, base: Path, where: _Where, backend: st
     if backend in SUPPORTED_PRECISIONS and precision not in SUPPORTED_PRECISIONS[backend]:
         raise unsupported_precision(where.path, name, precision, backend)
     inputs = _parse_inputs(raw.get("inputs", {}), where, name)
-    validate = _bool_field(raw.get("validate", False), where, name, "validate")
+    validate = _validate_field(raw.get("validate", False), base, where, name)
     hwc = _choice(
         raw.get("hardware_compatibility", "none"), HARDWARE_COMPATIBILITY, where, backbone=name,
         key="hardware_compatibility",
@@ -408,6 +457,92 @@ def _int_field(raw: Any, where: _Where, *, key: str) -> int:
     if raw > 2**30:
         raise where.error(f"{raw} MiB is larger than any GPU memory", key=key)
     return raw
+
+
+def _validate_field(raw: Any, base: Path, where: _Where, name: str) -> ValidationCriteria:
+    """``validate: true | false`` or a mapping of criteria; each bad field is one line."""
+    import json
+
+    if isinstance(raw, bool):
+        return ValidationCriteria(enabled=raw)
+    if not isinstance(raw, dict):
+        raise where.error(f"must be true, false or a mapping (inputs, rtol, atol, metric, runs, ...), got {_shown(raw)}",
+                          backbone=name, key="validate")
+    unknown = [k for k in raw if k not in _VALIDATE_KEYS]
+    if unknown:
+        raise where.error(f"unknown key(s) {_names(unknown)}; allowed keys are {', '.join(_VALIDATE_KEYS)}",
+                          backbone=name, key="validate")
+
+    def number(key: str, *, low: float, high: float | None = None, strict: bool = False) -> float | None:
+        value = raw.get(key)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                value = float(value)  # YAML 1.1 reads 1e-3 as a string
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise where.error(f"must be a number, got {_shown(raw.get(key))}", backbone=name, key=f"validate.{key}")
+        if value < low or (strict and value == low) or (high is not None and value > high):
+            bound = f"greater than {low:g}" if strict else f"at least {low:g}"
+            bound += f" and at most {high:g}" if high is not None else ""
+            raise where.error(f"{value:g} must be {bound}", backbone=name, key=f"validate.{key}")
+        return float(value)
+
+    metric = _choice(raw.get("metric", "allclose"), VALIDATION_METRICS, where, backbone=name, key="validate.metric")
+    min_cosine = number("min_cosine", low=-1.0, high=1.0)
+    if min_cosine is not None and metric != "cosine":
+        raise where.error("applies only to metric: cosine", backbone=name, key="validate.min_cosine")
+    runs = raw.get("runs", DEFAULT_VALIDATION_RUNS)
+    if isinstance(runs, bool) or not isinstance(runs, int) or not 1 <= runs <= 10000:
+        raise where.error(f"must be a whole number of runs from 1 to 10000, got {_shown(runs)}",
+                          backbone=name, key="validate.runs")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise where.error(f"must be a whole number from 0 to 2**32-1, got {_shown(seed)}",
+                          backbone=name, key="validate.seed")
+    fixed: list[tuple[str, str]] = []
+    inputs_file = None
+    values = raw.get("inputs")
+    if isinstance(values, str):
+        inputs_file = _path_field(values, base, where, backbone=name, key="validate.inputs")
+        if inputs_file.suffix != ".npz":
+            raise where.error(f"{values} is not an .npz file (one array per input name, numpy.savez)",
+                              backbone=name, key="validate.inputs")
+        if not inputs_file.is_file():
+            raise where.error(f"file {inputs_file} not found; fix the path or write it with numpy.savez",
+                              backbone=name, key="validate.inputs")
+    elif isinstance(values, dict):
+        for input_name, value in values.items():
+            key = f"validate.inputs.{input_name}"
+            if not isinstance(input_name, str) or not input_name:
+                raise where.error("input names must be non-empty strings", backbone=name, key="validate.inputs")
+            if _nested_shape(value) is None:
+                raise where.error(f"{_shown(value)} is not a number or a rectangular nested list of numbers",
+                                  backbone=name, key=key)
+            fixed.append((input_name, json.dumps(value)))
+    elif values is not None:
+        raise where.error("must map input names to values (sr: 16000) or name an .npz file",
+                          backbone=name, key="validate.inputs")
+    return ValidationCriteria(
+        enabled=True, fixed_inputs=tuple(sorted(fixed)), inputs_file=inputs_file,
+        rtol=number("rtol", low=0.0), atol=number("atol", low=0.0), metric=metric,
+        min_cosine=DEFAULT_MIN_COSINE if min_cosine is None else min_cosine, runs=runs,
+        max_latency_ms=number("max_latency_ms", low=0.0, strict=True), seed=seed,
+    )
+
+
+def _nested_shape(value: Any) -> tuple[int, ...] | None:
+    """The shape of a scalar or a rectangular nested list of numbers (None when it is neither)."""
+    if isinstance(value, (bool, int, float)):
+        return ()
+    if not isinstance(value, list) or not value:
+        return None
+    shapes = {_nested_shape(item) for item in value}
+    if len(shapes) != 1 or None in shapes:
+        return None
+    return (len(value), *shapes.pop())
 
 
 def _bool_field(raw: Any, where: _Where, name: str, key: str) -> bool:

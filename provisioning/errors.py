@@ -58,3 +58,7 @@ class EngineNotReadyError(ProvisioningError, LookupError):
     """This host's engine of a backbone is missing, stale or corrupt (and was not to be built)."""
 
     exit_code = 1  # as engines-status: something needs a build
+
+
+class ValidationFailed(BackendError):
+    """An engine ran but did not meet its ``validate:`` criteria (parity or latency); not published."""

@@ -38,7 +38,6 @@ from .trt_features import (HARDWARE_COMPATIBILITY_LEVELS, MIN_COMPUTE_CAPABILITY
 from .trt_logging import BuildLog, capture, make_progress_monitor, process_logger
 from .trt_precision import PreparedModel, prepare_precision
 from .trt_runtime import LoadedEngine, deserialize, load_verified, no_gpu_error, run_inference
-from .validation import compare_outputs, random_inputs, run_reference
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..compiler import BackboneSpec
@@ -274,10 +273,9 @@ class TensorRTBackend:
                 loaded = deserialize(trt, logger, plan, host_code_allowed=spec.version_compatible, where=where,
                                      gpu=host.gpu)
                 if spec.validate:
-                    output.progress("validate", "one inference vs. ONNX Runtime on the CPU")
-                    tolerance = "tf32" if (spec.precision == "fp32" and tf32 and host.gpu is not None
-                                           and host.gpu.compute_capability >= TF32_MIN_CC) else spec.precision
-                    self._validate(trt, loaded, spec, where, tolerance)
+                    output.progress("validate", "the engine next to ONNX Runtime on the CPU")
+                    tolerance = _tolerance(spec, host, tf32)
+                    notes["validation"] = self._qualify(trt, loaded, spec, host, tolerance)
                     notes["validation_tolerance"] = tolerance
             elif spec.validate:  # compose refuses this; never publish "validated" without a run
                 raise BackendError(f"{where}: validate: true but the plan cannot run here ({runs_here})")
@@ -318,20 +316,27 @@ class TensorRTBackend:
 
         return device_lock(cache_dir, host.gpu.uuid, waiting)
 
-    @staticmethod
-    def _validate(trt: Any, loaded: LoadedEngine, spec: "BackboneSpec", where: str, tolerance: str) -> None:
-        from ..onnxinfo import inspect_onnx
+    def validate_engine(self, spec: "BackboneSpec", host: "HostCapabilities", engine: Path) -> dict:
+        """Qualify a cached plan under today's criteria (no rebuild); ValidationFailed when it misses them."""
+        from ..manifest import read_manifest
 
-        feed = random_inputs(inspect_onnx(spec.onnx_path).inputs, spec.input_shapes)
-        names, expected = run_reference(spec.onnx_path, feed, where)
-        actual = run_inference(trt, loaded.engine, feed, where)
-        missing = [n for n in names if n not in actual]
-        if missing:
-            raise BackendError(f"{where}: validation failed: the engine lacks output(s) {', '.join(missing)}")
-        problems = compare_outputs(names, expected, [actual[n] for n in names], tolerance)
-        if problems:
-            raise BackendError(f"{where}: validation against ONNX Runtime failed ({tolerance} tolerance): "
-                               f"{'; '.join(problems)}; the engine was not published")
+        if self._runs_here(spec, host, features_for(host.backend_version, self.name)) is not True:
+            raise BackendError(f"backbone {spec.model_name}: validation needs a GPU that can run this plan")
+        loaded = load_verified_engine(engine)
+        notes = ((read_manifest(engine) or {}).get("build") or {}).get("notes") or {}
+        tf32 = str(notes.get("tf32", "")).startswith("enabled")
+        trt = import_tensorrt(self.module)
+        return self._qualify(trt, loaded, spec, host, _tolerance(spec, host, tf32))
+
+    @staticmethod
+    def _qualify(trt: Any, loaded: LoadedEngine, spec: "BackboneSpec", host: "HostCapabilities",
+                 tolerance: str) -> dict:
+        from .qualify import qualify
+
+        where = f"backbone {spec.model_name}"
+        device = f"GPU {host.gpu.name}" if host.gpu is not None else "no GPU"
+        return qualify(spec, lambda feed: run_inference(trt, loaded.engine, feed, where), tolerance=tolerance,
+                       device=device)
 
     def _save_log(self, engine_path: Path, build_log: BuildLog, spec: "BackboneSpec",
                   host: "HostCapabilities", trt: Any, started: str) -> None:
@@ -344,6 +349,13 @@ class TensorRTBackend:
             atomic_write_bytes(build_log_path(engine_path), (header + build_log.text()).encode())
         except OSError as exc:  # the log helps; it must not turn a good build into a failure
             log.warning("cannot save the TensorRT build log beside %s (%s)", engine_path.name, exc.strerror or exc)
+
+
+def _tolerance(spec: "BackboneSpec", host: "HostCapabilities", tf32: bool) -> str:
+    """The tolerance basis: the precision's, or TF32's for fp32 where TF32 is on (compute capability 8.0+)."""
+    if spec.precision == "fp32" and tf32 and host.gpu is not None and host.gpu.compute_capability >= TF32_MIN_CC:
+        return "tf32"
+    return spec.precision
 
 
 def _set_targets(trt: Any, config: Any, targets: tuple[str, ...], build_log: BuildLog, where: str) -> list[str]:

@@ -13,10 +13,11 @@ from ..compiler import expected_build_inputs
 from ..gc import CacheScan, plan_gc
 from ..manifest import explain_mismatch, read_manifest
 from ..onnxinfo import onnx_digest
+from ..qualification import validation_matches, validation_of, why_not_validated
 from .corpus import LoadedCorpus
 from .report import human_bytes
 
-STATES = ("fresh", "missing", "stale", "corrupt", "foreign")
+STATES = ("fresh", "unvalidated", "missing", "stale", "corrupt", "foreign")
 KEY_SCHEMA = 1
 
 
@@ -30,6 +31,8 @@ class EngineStatus:
     size: int
     host_key: str
     path: str
+    qualified: str = "-"  # yes: validated under today's criteria; no; -: not asked for, or no engine
+    validation: dict[str, Any] | None = None  # the recorded report (parity, latency, criteria)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form (``--json``)."""
@@ -59,7 +62,18 @@ def backbone_statuses(corpus: LoadedCorpus, scan: CacheScan) -> list[EngineStatu
             continue
         check = check_entry(path, spec.model_name, expected)
         if check.hit:
-            rows.append(EngineStatus(spec.model_name, "fresh", "verified", size, key, str(path)))
+            report = validation_of(check.entry.manifest)
+            report = dict(report) if report is not None else None
+            if not spec.criteria.enabled:
+                rows.append(EngineStatus(spec.model_name, "fresh", "verified", size, key, str(path),
+                                         "-" if report is None else "yes" if report.get("passed") else "no", report))
+            elif validation_matches(check.entry.manifest, spec):
+                rows.append(EngineStatus(spec.model_name, "fresh", "verified and validated", size, key, str(path),
+                                         "yes", report))
+            else:
+                why = why_not_validated(check.entry.manifest, spec)
+                rows.append(EngineStatus(spec.model_name, "unvalidated", f"{why}; doit engines validates it",
+                                         size, key, str(path), "no", report))
             continue
         manifest = read_manifest(path)
         mismatch = explain_mismatch(manifest, expected) if manifest is not None else []
@@ -94,12 +108,13 @@ def render_status(corpus: LoadedCorpus, rows: list[EngineStatus], totals: dict[s
     identity = corpus.host.identity()
     lines = [f"cache {corpus.cache_dir}  ({corpus.host.backend} {corpus.host.backend_version}, "
              f"host {identity.host_key})"]
-    table = [("MODEL", "STATE", "SIZE", "HOST KEY", "PATH")]
+    table = [("MODEL", "STATE", "SIZE", "QUALIFIED", "HOST KEY", "PATH")]
     for row in rows:
-        table.append((row.model_name, row.state, human_bytes(row.size) if row.size else "-", row.host_key, row.path))
-    widths = [max(len(r[i]) for r in table) for i in range(4)]
+        table.append((row.model_name, row.state, human_bytes(row.size) if row.size else "-", row.qualified,
+                      row.host_key, row.path))
+    widths = [max(len(r[i]) for r in table) for i in range(5)]
     for index, row in enumerate(table):
-        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5])
         if index and rows[index - 1].state not in ("fresh", "missing"):
             lines.append(" " * (widths[0] + 2) + "why: " + rows[index - 1].reason)
     summary = ", ".join(f"{totals[s]} {s}" for s in STATES if totals[s])

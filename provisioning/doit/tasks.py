@@ -26,6 +26,7 @@ from ..config import ProvisioningConfig
 from ..errors import ProvisioningError
 from ..host import HostCapabilities
 from ..onnxinfo import write_pending_inspections
+from ..qualification import validation_matches
 from ..sidecar import Verification
 from .corpus import config_path, load_corpus
 from .filedep import Sha256FileChecker
@@ -116,7 +117,10 @@ class EngineUpToDate:
             return False
         expected = expected_build_inputs(self.spec, self.host, onnx_sha256)
         verify = self.verifier.check if self.verifier is not None else None
-        return check_entry(self.engine_path, self.spec.model_name, expected, verify=verify).hit
+        check = check_entry(self.engine_path, self.spec.model_name, expected, verify=verify)
+        # validate: asks for a passing record under today's criteria; without one the action
+        # runs, and validates the cached engine rather than rebuilding it
+        return check.hit and validation_matches(check.entry.manifest, self.spec)
 
     def __repr__(self) -> str:
         return f"EngineUpToDate({self.engine_path.name!r})"
@@ -186,8 +190,12 @@ def engine_tasks(
     *,
     basename: str = "engines",
     backend_factory: BackendFactory | None = None,
+    export_triton: str | os.PathLike[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield doit task dicts: a group ``basename`` and one ``basename:<model>`` per backbone.
+
+    ``export_triton=REPO`` adds a task ``<basename>_export`` (part of the group, after every
+    engine) that keeps the Triton model repository REPO current, as ``doit engines-export``.
 
     ``config`` defaults to ``config=PATH`` on the doit command line, then
     $PROVISIONING_CONFIG, then corpus/corpus.yaml. A bad config prints one line and exits
@@ -203,6 +211,7 @@ def engine_tasks(
         "basename": basename,
         "name": None,
         "doc": f"compile or reuse the engines of {path.name} ({corpus.host.backend}, cache {corpus.cache_dir})",
+        **({"task_dep": [f"{basename}_export"]} if export_triton is not None else {}),
     }
     kwargs = {"backend_factory": backend_factory} if backend_factory is not None else {}
     verifier = SharedVerifier([corpus.engine_path(s) for s in corpus.specs], corpus.config.verify)
@@ -213,13 +222,18 @@ def engine_tasks(
             "name": spec.model_name,
             "doc": f"{spec.model_name} -> {engine.name}",
             "actions": [(compile_backbone, [spec, corpus.host, corpus.config], kwargs)],
-            "file_dep": [str(p) for p in spec.source_files] + [str(path)],
+            "file_dep": [str(p) for p in (*spec.source_files, *spec.validation_files)] + [str(path)],
             "targets": [str(engine)],
             "uptodate": [EngineUpToDate(spec, corpus.host, engine, verifier)],
             "clean": [(clean_engine, [str(engine)])],
             "verbosity": 2,  # stream BUILT/REUSED lines and heartbeats as they happen
             "meta": {"engine": str(engine), "model_name": spec.model_name},
         }
+    if export_triton is not None:
+        from .export import export_task  # imports doit: only for dodo files that ask for an export
+
+        yield export_task(basename, path, export_triton, [corpus.engine_path(s) for s in corpus.specs],
+                          [s.model_name for s in corpus.specs])
 
 
 def task_engines() -> Iterator[dict[str, Any]]:

@@ -14,17 +14,24 @@ from trt_helpers import VERSIONS, compile_one, gpu_host, install_fake, spec
 from fake_tensorrt import FakeWorld
 
 
-def test_validate_runs_one_inference_and_records_it(world, models, tmp_path):
-    summary = compile_one(tmp_path / "cache", gpu_host(world), spec(models, "cls", validate=True))
-    assert read_manifest(summary.by_name()["cls"].entry.path)["build"]["notes"]["validated"] is True
-    assert world.cudart.copies == ["cudaMemcpyHostToDevice", "cudaMemcpyDeviceToHost"]
+def test_validate_runs_the_engine_and_records_the_report(world, models, tmp_path):
+    from provisioning.config import ValidationCriteria
+
+    criteria = ValidationCriteria(enabled=True, runs=3)
+    summary = compile_one(tmp_path / "cache", gpu_host(world), spec(models, "cls", validate=criteria))
+    notes = read_manifest(summary.by_name()["cls"].entry.path)["build"]["notes"]
+    assert notes["validated"] is True and notes["validation"]["passed"] is True
+    assert notes["validation"]["latency_ms"]["runs"] == 3 and notes["validation"]["machine"]["device"] == "GPU NVIDIA H200"
+    # one inference compared with the reference, one warm-up, three timed: each copies in and out once
+    assert world.cudart.copies == ["cudaMemcpyHostToDevice", "cudaMemcpyDeviceToHost"] * 5
     assert world.cudart.live == {} and world.cudart.streams == set()  # every buffer and stream released
 
 
 def test_outputs_off_by_more_than_the_tolerance_are_not_published(world, models, tmp_path):
     world.output_offset = 0.05
     cache = tmp_path / "cache"
-    with pytest.raises(BackendError, match=r"validation against ONNX Runtime failed \(tf32 tolerance\): output "):
+    with pytest.raises(BackendError, match=r"validation: output 'scores' max abs diff 0.05 > atol 0.001 \(rtol 0.01\); "
+                                           r"the engine was not published"):
         compile_one(cache, gpu_host(world), spec(models, "det", validate=True))
     assert not list(cache.glob("*.engine"))
     assert world.cudart.live == {}
@@ -34,7 +41,7 @@ def test_tolerance_depends_on_precision(world10, models, tmp_path):
     world10.output_offset = 0.01  # inside fp16's tolerance, outside fp32's and TF32's
     summary = compile_one(tmp_path / "cache", gpu_host(world10), spec(models, "det", precision="fp16", validate=True))
     assert summary.built == 1
-    with pytest.raises(BackendError, match="tf32 tolerance"):
+    with pytest.raises(BackendError, match=r"atol 0.001 \(rtol 0.01\)"):  # TF32's tolerance
         compile_one(tmp_path / "cache", gpu_host(world10), spec(models, "det", validate=True))
 
 
@@ -44,7 +51,7 @@ def test_fp32_validation_is_tf32_aware_from_compute_capability_8(world, models, 
     notes = summary.by_name()["det"].entry.manifest["build"]["notes"]
     assert notes["validation_tolerance"] == "tf32" and notes["tf32"].startswith("enabled")
     monkeypatch.setattr(world, "compute_capability", (7, 5))  # Turing: no TF32, fp32 is fp32
-    with pytest.raises(BackendError, match=r"\(fp32 tolerance\)"):
+    with pytest.raises(BackendError, match=r"atol 0.0001 \(rtol 0.001\)"):  # strict fp32
         compile_one(tmp_path / "cache2", gpu_host(world, name="Tesla T4"), spec(models, "det", validate=True))
 
 
