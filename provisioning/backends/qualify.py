@@ -44,7 +44,7 @@ def qualify(spec: "BackboneSpec", run_engine: RunEngine, *, tolerance: str, devi
     reference = _reference_session(spec, where)
     names = [o.name for o in reference.get_outputs()]
     stats: dict[str, dict[str, float]] = {}
-    failures: list[str] = []
+    failing: dict[str, str] = {}  # output -> what it missed (the last sample's text; replaced below)
     for feed in samples:
         want = _run_reference(reference, names, feed, where)
         got = run_engine(feed)
@@ -53,8 +53,10 @@ def qualify(spec: "BackboneSpec", run_engine: RunEngine, *, tolerance: str, devi
                 raise ValidationFailed(f"{where}: validation: the engine has no output {name!r}; "
                                        "the engine was not published")
             problem = _compare(name, np.asarray(expected), np.asarray(got[name]), stats, criteria, rtol, atol)
-            if problem and problem not in failures:
-                failures.append(problem)
+            if problem and name not in failing:
+                failing[name] = problem
+    # one line per failing output, with its worst figure over every sample
+    failures = [_worst(name, failing[name], stats.get(name), criteria, rtol, atol) for name in names if name in failing]
     latency = _latency(run_engine, samples[0], criteria.runs)
     report = {
         "passed": False,
@@ -107,6 +109,16 @@ def _compare(name: str, want: Any, got: Any, stats: dict, criteria: Any, rtol: f
     if not np.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True):
         return f"output {name!r} max abs diff {max_abs:.3g} > atol {atol:g} (rtol {rtol:g})"
     return None
+
+
+def _worst(name: str, first: str, entry: Mapping[str, float] | None, criteria: Any, rtol: float,
+           atol: float) -> str:
+    """The failure text of one output over all samples (shape and NaN failures stay as found)."""
+    if entry is None or "max abs diff" not in first and "cosine similarity" not in first:
+        return first
+    if criteria.metric == "cosine":
+        return f"output {name!r} cosine similarity {entry['cosine']:.6g} < min_cosine {criteria.min_cosine:g}"
+    return f"output {name!r} max abs diff {entry['max_abs_diff']:.3g} > atol {atol:g} (rtol {rtol:g})"
 
 
 def _latency(run_engine: RunEngine, feed: Mapping[str, Any], runs: int) -> dict[str, float]:
