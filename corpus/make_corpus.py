@@ -74,6 +74,9 @@ def write_corpus(models_dir: Path) -> list[Path]:
         paths.append(path)
     onnx.checker.check_model(emb)
     emb_path = models_dir / "emb.onnx"
+    # onnx appends external tensors to an existing data file: start from none, so that every
+    # run writes the same bytes
+    (models_dir / "emb.onnx.data").unlink(missing_ok=True)
     onnx.save_model(emb, emb_path, save_as_external_data=True, all_tensors_to_one_file=True,
                     location="emb.onnx.data", size_threshold=0)
     paths.append(emb_path)

@@ -24,12 +24,15 @@ from .config import InputShape, ValidationCriteria, criteria_of
 from .errors import BackendError, CacheError, ConfigError, ValidationFailed
 from .host import HostCapabilities
 from .manifest import BuildInputs, make_manifest, manifest_bytes, manifest_path_for
+from .miss import NO_ENGINE, explain_absent
 from .onnxinfo import onnx_digest, write_pending_inspections
 from .qualification import record_validation, validation_matches, validation_of, why_not_validated
 from .schema import EngineFilenameSchema
 from .sidecar import TEMP_SUFFIX, Payload, Sha256Sidecar
 
 log = logging.getLogger("provisioning.compiler")
+# set on an exception whose FAILED line the compiler logged, so that a caller does not repeat it
+LOGGED_MARK = "_provisioning_failure_logged"
 
 __all__ = [
     "BackboneSpec",
@@ -297,9 +300,11 @@ class EngineCompiler:
         with engine_lock(engine_path):
             check = check_entry(engine_path, spec.model_name, expected)  # another process may have built it
             if check.hit:
-                revalidated, check = self._revalidate(spec, host, check)
+                revalidated, check = self._revalidate(spec, host, check, request, host_key)
                 if revalidated is not None:
                     return self._finish(request, host_key, revalidated)
+            if check.reasons == (NO_ENGINE,):  # a new name: say which setting changed since the last one
+                check = replace(check, reasons=explain_absent(engine_path, spec.model_name, host_key, expected))
             log.info(
                 "miss %s: %s", spec.model_name, "; ".join(check.reasons),
                 extra={"event": "miss", "model_name": spec.model_name, "reasons": list(check.reasons)},
@@ -309,18 +314,20 @@ class EngineCompiler:
                 if fetched is not None:
                     remote_check, revalidated = check_entry(engine_path, spec.model_name, expected), None
                     if remote_check.hit:
-                        revalidated, remote_check = self._revalidate(spec, host, remote_check, "remote")
+                        revalidated, remote_check = self._revalidate(spec, host, remote_check, request, host_key,
+                                                                     "remote")
                     if remote_check.hit and revalidated is not None:
                         result = replace(revalidated, miss_reasons=check.reasons)
                         return self._finish(request, host_key, result, fetch_bytes=fetched.bytes,
                                             fetch_seconds=round(fetched.seconds, 3))
-            entry, duration = self._build(spec, host, engine_path, expected, request, host_key)
+            entry, duration = self._build(spec, host, engine_path, expected, request, host_key, check.reasons)
         if self._remote is not None:
             self._remote.publish(entry)
         result = EngineCompileResult(entry, CompileOutcome.BUILT, duration, check.reasons)
         return self._finish(request, host_key, result)
 
     def _revalidate(self, spec: BackboneSpec, host: HostCapabilities, check: EntryCheck,
+                    request: EngineCompileRequest, host_key: str,
                     source: str = "local") -> tuple[EngineCompileResult | None, EntryCheck]:
         """A verified entry, made reusable under today's validation criteria without a rebuild.
 
@@ -343,6 +350,9 @@ class EngineCompiler:
         except ValidationFailed as exc:
             reason = str(exc).splitlines()[0].removeprefix(f"backbone {spec.model_name}: ")
             return None, EntryCheck(None, (f"cached engine failed {reason.split('; the engine was not')[0]}",))
+        except BaseException as exc:  # validation could not run at all: a rebuild would not either
+            self._record_failure(spec, exc, request, host_key, entry.path.name, (why,), source)
+            raise
         try:
             manifest = record_validation(entry.path, entry.manifest, report)
         except OSError as exc:
@@ -358,6 +368,7 @@ class EngineCompiler:
         expected: BuildInputs,
         request: EngineCompileRequest,
         host_key: str,
+        miss_reasons: tuple[str, ...] = (),
     ) -> tuple[EngineCacheEntry, float]:
         try:
             scratch = Path(tempfile.mkdtemp(prefix=f".{engine_path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX,
@@ -398,14 +409,7 @@ class EngineCompiler:
                     f"backbone {spec.model_name}: the backend returned without writing an engine"
                 )
         except BaseException as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            log.error(
-                "FAILED %s: %s", spec.model_name, reason,
-                extra={"event": "result", "model_name": spec.model_name, "outcome": "FAILED",
-                       "error_class": type(exc).__name__},
-            )
-            append_event(request.cache_dir, _event(spec.model_name, "FAILED", engine_path.name, None,
-                                                   type(exc).__name__, host_key, reason=reason))
+            self._record_failure(spec, exc, request, host_key, engine_path.name, miss_reasons)
             raise
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -415,6 +419,24 @@ class EngineCompiler:
             inputs=manifest["inputs"], manifest=manifest,
         )
         return entry, published["duration"]
+
+    @staticmethod
+    def _record_failure(spec: BackboneSpec, exc: BaseException, request: EngineCompileRequest, host_key: str,
+                        engine_name: str, miss_reasons: tuple[str, ...], source: str = "local") -> None:
+        """The FAILED log line and event of one backbone (marked, so a caller does not repeat the line)."""
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.error(
+            "FAILED %s: %s", spec.model_name, reason,
+            extra={"event": "result", "model_name": spec.model_name, "outcome": "FAILED",
+                   "error_class": type(exc).__name__},
+        )
+        append_event(request.cache_dir, _event(spec.model_name, "FAILED", engine_name, None, type(exc).__name__,
+                                               host_key, reason=reason, source=source,
+                                               miss_reasons=list(miss_reasons)))
+        try:
+            setattr(exc, LOGGED_MARK, True)
+        except (AttributeError, TypeError):  # an exception type without a __dict__
+            pass
 
     def _finish(
         self, request: EngineCompileRequest, host_key: str, result: EngineCompileResult, **extra: Any

@@ -200,16 +200,17 @@ def plan_gc(
             items.append(GcItem(engine.files, engine.size, "superseded build of this host", engine))
         else:
             items.append(GcItem(engine.files, engine.size, f"engine of another host ({key})", engine))
+    notes = []
     if max_size is not None:
         size = sum(e.size for e in kept) + sum(e.size for e in locked)
         for engine in sorted(kept, key=lambda e: e.last_used):
             if size <= max_size:
                 break
             if engine.locked:
+                notes.append(f"{engine.path.name}: kept over the size budget, locked by a live process")
                 continue
             items.append(GcItem(engine.files, engine.size, "over the size budget (least recently used)", engine))
             size -= engine.size
-    notes = []
     if max_size is not None and scan.total_bytes - sum(i.size for i in items) > max_size:
         notes.append("the budget cannot be met without deleting locked engines or files in use")
     return GcPlan(scan.cache_dir, tuple(items), tuple(locked), scan.total_bytes, tuple(notes))

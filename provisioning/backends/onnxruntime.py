@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import BackendError, BackendUnavailableError
+from ..errors import BackendError, BackendUnavailableError, CacheError
 from .base import EngineOutput
 from .validation import run_engine
 
@@ -53,6 +53,12 @@ class OnnxRuntimeBackend:
         try:
             ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            cause = _write_failure(optimised, exc)
+            if cause is not None:  # the model loaded; saving the optimised copy failed
+                raise CacheError(
+                    f"backbone {spec.model_name}: cannot write the optimised {spec.onnx_path.name} into "
+                    f"{output.scratch_dir.parent} ({cause}); free disk space or raise the file size limit, "
+                    "then run again") from exc
             raise BackendError(
                 f"backbone {spec.model_name}: ONNX Runtime could not load {spec.onnx_path.name}: {_first_line(exc)}"
             ) from exc
@@ -117,6 +123,40 @@ class _QuantizerAdvice(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.ERROR or self._marker not in record.pathname
+
+
+_LOW_SPACE = 1 << 20  # below 1 MiB free, a failed write is the disk's fault, not the model's
+_WRITE_WORDS = ("serialization failed", "no space left", "file too large", "disk quota")
+
+
+def _write_failure(target: Path, exc: BaseException) -> str | None:
+    """Why ONNX Runtime failed to *write* ``target`` (None: it failed to load the model).
+
+    A full disk or the file-size limit (RLIMIT_FSIZE) surfaces from ONNX Runtime as
+    "Protobuf serialization failed" with the file begun but short: tell it from a bad
+    model by the limit, the free space of the folder and the message.
+    """
+    import resource
+
+    written = target.stat().st_size if target.exists() else None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if written is not None and soft != resource.RLIM_INFINITY and written >= soft:
+        return f"the file size limit (ulimit -f) of {soft} bytes was reached"
+    try:
+        stat = os.statvfs(target.parent)
+        free = stat.f_bavail * stat.f_frsize
+    except OSError:
+        free = None
+    if free is not None and free < _LOW_SPACE and (written is not None or _says_write(exc)):
+        return f"the disk is full: {free} bytes free"
+    if _says_write(exc):
+        return f"the write failed: {_first_line(exc)}"
+    return None
+
+
+def _says_write(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(word in text for word in _WRITE_WORDS)
 
 
 def _first_line(exc: BaseException) -> str:

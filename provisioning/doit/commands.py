@@ -2,7 +2,8 @@
 
 Registered under the ``doit.COMMAND`` entry-point group, so they work in any project
 where the package is installed, with or without a ``dodo.py``. The corpus is chosen as
-for the tasks: ``--config PATH``, ``config=PATH``, $PROVISIONING_CONFIG, corpus/corpus.yaml.
+for the tasks: ``--config PATH``, ``config=PATH``, $PROVISIONING_CONFIG, corpus/corpus.yaml
+(relative to the folder of a dodo given with ``-f``, as doit resolves a dodo's paths).
 
 Exit codes: 0 success (status: every backbone fresh); 1 status found something to build;
 otherwise the error's own code (2 bad config, 3 host probe, 4 backend missing, 5 cache
@@ -14,13 +15,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
 from doit.cmd_base import Command
 
 from ..errors import BackendUnavailableError, HostProbeError, NoGpuError, ProvisioningError
 from ..gc import parse_size, plan_gc, scan_cache
-from .corpus import config_path, load_config_only, load_corpus
+from .corpus import config_origin, config_path, load_config_only, load_corpus
 from .report import human_bytes
 from .status import backbone_statuses, cache_key, engine_file_names, render_status, status_totals
 
@@ -29,6 +31,10 @@ USAGE_ERROR = 2
 opt_config = {
     "name": "config", "short": "c", "long": "config", "type": str, "default": "",
     "help": "corpus YAML [default: config=PATH, $PROVISIONING_CONFIG or corpus/corpus.yaml]",
+}
+opt_dodo = {
+    "name": "dodoFile", "short": "f", "long": "file", "type": str, "default": "", "env_var": "DOIT_FILE",
+    "help": "the project's dodo file: corpus/corpus.yaml is looked up next to it [default: ./dodo.py]",
 }
 opt_json = {"name": "json", "long": "json", "type": bool, "default": False, "help": "print JSON instead of text"}
 
@@ -51,6 +57,21 @@ class _EnginesCommand(Command):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
 
+    def get_options(self) -> list[Any]:
+        """The command's options plus ``-f DODO`` (doit also accepts it before the command name)."""
+        from doit.cmdparse import CmdOption
+
+        return [CmdOption(opt) for opt in (*self.cmd_options, opt_dodo)]
+
+    def config_path(self, params: dict[str, Any]) -> Any:
+        """The config this invocation means (see :func:`~provisioning.doit.corpus.config_path`)."""
+        return config_path(option=params.get("config") or None, base=self.project_folder(params))
+
+    def project_folder(self, params: dict[str, Any]) -> str | None:
+        """The folder of the dodo given with ``-f`` (after or before the command), else None."""
+        dodo = params.get("dodoFile") or self.opt_vals.get("dodoFile")
+        return os.path.dirname(os.path.abspath(dodo)) if dodo else None
+
     def run(self, params: dict[str, Any]) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -65,18 +86,29 @@ class EnginesStatus(_EnginesCommand):
     cmd_options = (opt_config, opt_json)
 
     def run(self, params: dict[str, Any]) -> int:
-        path = config_path(params["config"] or None)
+        if not params["json"]:
+            return self._status(params)
+        try:
+            return self._status(params)
+        except ProvisioningError as exc:  # --json: a script reads stdout, so the error goes there too
+            line = str(exc).splitlines()[0]
+            print(json.dumps({"error": line, "exit_code": exc.exit_code}, indent=2))
+            return _error(line, exc.exit_code)
+
+    def _status(self, params: dict[str, Any]) -> int:
+        path = self.config_path(params)
+        origin = config_origin(option=params["config"] or None)
         try:
             corpus = load_corpus(path)
         except (HostProbeError, NoGpuError, BackendUnavailableError) as exc:
-            return self._unprobed(path, exc, params["json"])
+            return self._unprobed(path, exc, params["json"], origin)
         scan = scan_cache(corpus.cache_dir)
         rows = backbone_statuses(corpus, scan)
         totals = status_totals(corpus, scan, rows)
         remote = _remote_states(corpus)
         if params["json"]:
             document = {
-                "config": str(path), "cache_dir": str(corpus.cache_dir), "backend": corpus.host.backend,
+                "config": str(path), "config_from": origin, "cache_dir": str(corpus.cache_dir), "backend": corpus.host.backend,
                 "backend_version": corpus.host.backend_version, "host_key": corpus.host.identity().host_key,
                 "backbones": [r.as_dict() for r in rows if r.state != "foreign"],
                 "foreign": [r.as_dict() for r in rows if r.state == "foreign"],
@@ -88,13 +120,14 @@ class EnginesStatus(_EnginesCommand):
                     row["remote"] = remote["states"].get(row["model_name"])
             print(json.dumps(document, indent=2))
         else:
+            print(f"config {path} (from {origin})")
             print(render_status(corpus, rows, totals))
             if remote is not None:
                 print(f"remote {remote['url']}: " + ", ".join(f"{m} {st}" for m, st in remote["states"].items()))
         return 0 if totals["fresh"] == totals["backbones"] else 1
 
     @staticmethod
-    def _unprobed(path: Any, exc: ProvisioningError, as_json: bool) -> int:
+    def _unprobed(path: Any, exc: ProvisioningError, as_json: bool, origin: str) -> int:
         """Without a usable host (e.g. TensorRT config, no GPU) list what the cache holds."""
         config = load_config_only(path)
         scan = scan_cache(config.cache_dir)
@@ -102,13 +135,14 @@ class EnginesStatus(_EnginesCommand):
         engines = [{"model_name": e.parsed.model_name, "state": "unverified", "size": e.size,
                     "host_key": e.parsed.host_key, "path": str(e.path)} for e in scan.engines]
         if as_json:
-            print(json.dumps({"config": str(path), "cache_dir": str(config.cache_dir), "error": reason,
+            print(json.dumps({"config": str(path), "config_from": origin, "cache_dir": str(config.cache_dir), "error": reason,
                               "engines": engines, "totals": {"cache_bytes": scan.total_bytes}}, indent=2))
         else:
+            print(f"config {path} (from {origin})")
             print(f"cache {config.cache_dir}: this host cannot be identified ({reason}); states unknown")
             for e in engines:
                 print(f"  {e['model_name']}  {human_bytes(e['size'])}  {e['host_key']}  {e['path']}")
-            print(f"total: {len(engines)} engines, {human_bytes(scan.total_bytes)}")
+            print(f"total: {len(engines)} engine{'' if len(engines) == 1 else 's'}, {human_bytes(scan.total_bytes)}")
         return exc.exit_code
 
 
@@ -137,17 +171,27 @@ class EnginesGc(_EnginesCommand):
 
     def run(self, params: dict[str, Any]) -> int:
         if params.get("remote"):
-            return _remote_gc(params)
+            return _remote_gc(params, self.config_path(params))
         max_size = None
         if params["max_size"]:
             try:
                 max_size = parse_size(params["max_size"])
             except ValueError as exc:
                 return _error(f"engines-gc: --max-size: {exc}", USAGE_ERROR)
-        corpus = load_corpus(config_path(params["config"] or None))
-        plan = plan_gc(scan_cache(corpus.cache_dir), current=engine_file_names(corpus),
-                       host_keys={corpus.host_key(s) for s in corpus.specs},
-                       max_size=max_size, keep_foreign=params["keep_foreign"])
+        path = self.config_path(params)
+        try:
+            corpus = load_corpus(path)
+        except (NoGpuError, HostProbeError) as exc:  # the GPU names this host's engines: judge none of them
+            plan = plan_gc(scan_cache(load_config_only(path).cache_dir), current=(), host_keys=(),
+                           max_size=max_size, keep_foreign=True)
+            reason = "no GPU visible" if isinstance(exc, NoGpuError) else str(exc).splitlines()[0]
+            plan = replace(plan, notes=(f"{reason}: this host's engine names are unknown, so no engine is judged "
+                                        "foreign or superseded; run engines-gc on the GPU host",
+                                        *plan.notes))
+        else:
+            plan = plan_gc(scan_cache(corpus.cache_dir), current=engine_file_names(corpus),
+                           host_keys={corpus.host_key(s) for s in corpus.specs},
+                           max_size=max_size, keep_foreign=params["keep_foreign"])
         result = plan.execute() if params["apply"] else None
         if params["json"]:
             print(json.dumps({
@@ -189,7 +233,7 @@ class EnginesKey(_EnginesCommand):
     )
 
     def run(self, params: dict[str, Any]) -> int:
-        key, prefix = cache_key(load_corpus(config_path(params["config"] or None)))
+        key, prefix = cache_key(load_corpus(self.config_path(params)))
         print(prefix if params["prefix"] else key)
         return 0
 
@@ -217,7 +261,7 @@ class EnginesPath(_EnginesCommand):
     def run(self, params: dict[str, Any]) -> int:
         from ..serving.resolve import resolve_engine
 
-        entry = resolve_engine(config_path(params["config"] or None), self._model)
+        entry = resolve_engine(self.config_path(params), self._model)
         if params["json"]:
             print(json.dumps({"path": str(entry.path), **dict(entry.manifest)}, indent=2, sort_keys=True))
         else:
@@ -235,11 +279,11 @@ def _remote_states(corpus: Any) -> dict[str, Any] | None:
                                          for s in corpus.specs))
 
 
-def _remote_gc(params: dict[str, Any]) -> int:
+def _remote_gc(params: dict[str, Any], path: Any) -> int:
     """``engines-gc --remote``: the same policies on the bucket (see provisioning.remote.report)."""
     from ..remote.report import remote_gc
 
-    corpus = load_corpus(config_path(params["config"] or None))
+    corpus = load_corpus(path)
     report = remote_gc(corpus.config, {corpus.host_key(s) for s in corpus.specs}, engine_file_names(corpus),
                        apply=params["apply"])
     if report is None:

@@ -17,15 +17,47 @@ CONFIG_ENV = "PROVISIONING_CONFIG"
 CONFIG_VAR = "config"
 
 
-def config_path(explicit: str | None = None) -> Path:
-    """``explicit``, else ``doit ... config=PATH``, else $PROVISIONING_CONFIG, else corpus/corpus.yaml."""
-    chosen = explicit
-    if not chosen:
-        from doit import get_var  # imported here: provisioning itself never needs doit
+def config_path(dodo_argument: str | None = None, *, option: str | None = None, base: str | None = None) -> Path:
+    """Which config a doit invocation means: the one precedence of the tasks and the commands.
 
-        chosen = get_var(CONFIG_VAR, None)
-    chosen = chosen or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
-    return Path(os.path.abspath(chosen))
+    The command line first (a command's ``--config PATH`` = ``option``, else ``config=PATH``),
+    then $PROVISIONING_CONFIG, then the dodo's ``engine_tasks(PATH)`` = ``dodo_argument``,
+    then corpus/corpus.yaml. The command line and the environment are relative to the working
+    folder doit was started in; the dodo's argument and the default to ``base`` (a command
+    given a dodo with ``-f``), else to the working folder (for tasks, doit has moved there:
+    the dodo's folder).
+    """
+    from doit import get_var  # imported here: provisioning itself never needs doit
+
+    invoked = _initial_workdir()
+    for value in (option, get_var(CONFIG_VAR, None), os.environ.get(CONFIG_ENV)):
+        if value:
+            return Path(os.path.abspath(os.path.join(invoked, os.path.expanduser(value))))
+    chosen = os.path.expanduser(dodo_argument or DEFAULT_CONFIG)
+    return Path(os.path.abspath(os.path.join(base or os.getcwd(), chosen)))
+
+
+def config_origin(dodo_argument: str | None = None, *, option: str | None = None) -> str:
+    """Where :func:`config_path`'s answer came from, for the first line of engines-status."""
+    from doit import get_var
+
+    if option:
+        return "--config"
+    if get_var(CONFIG_VAR, None):
+        return "config= on the command line"
+    if os.environ.get(CONFIG_ENV):
+        return f"${CONFIG_ENV}"
+    return "the dodo's engine_tasks()" if dodo_argument else "the default"
+
+
+def _initial_workdir() -> str:
+    """The folder doit was started in (doit moves to the dodo's folder before loading tasks)."""
+    try:
+        from doit import get_initial_workdir
+
+        return get_initial_workdir() or os.getcwd()
+    except ImportError:  # pragma: no cover - doit < 0.36
+        return os.getcwd()
 
 
 @dataclass(frozen=True)

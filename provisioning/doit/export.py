@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 from ..errors import ProvisioningError
 from .commands import USAGE_ERROR, _EnginesCommand, _error, opt_config
-from .corpus import config_path, load_corpus
+from .corpus import load_corpus
 
 
 class EnginesExport(_EnginesCommand):
@@ -66,7 +66,7 @@ class EnginesExport(_EnginesCommand):
                 return _error(f"engines-export: --keep {params['keep']}: give a whole number of versions, at "
                               "least 1 (or leave --keep out to keep all)", USAGE_ERROR)
         models = [m.strip() for m in params["models"].split(",") if m.strip()] or None
-        return run_export(config_path(params["config"] or None), params["triton"], models=models, keep=keep,
+        return run_export(self.config_path(params), params["triton"], models=models, keep=keep,
                           dry_run=params["dry_run"], force=params["force"], prefer=params["prefer"] or None,
                           link=not params["copy"], warmup=not params["no_warmup"])
 

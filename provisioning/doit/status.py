@@ -12,6 +12,7 @@ from ..cache import check_entry, entry_files
 from ..compiler import expected_build_inputs
 from ..gc import CacheScan, plan_gc
 from ..manifest import explain_mismatch, read_manifest
+from ..miss import NO_ENGINE, previous_engine, why_changed
 from ..onnxinfo import onnx_digest
 from ..qualification import validation_matches, validation_of, why_not_validated
 from .corpus import LoadedCorpus
@@ -50,15 +51,13 @@ def backbone_statuses(corpus: LoadedCorpus, scan: CacheScan) -> list[EngineStatu
         cached = by_path.get(path.name)
         size = cached.size if cached else 0
         if not os.path.lexists(path):
-            older = [e for e in scan.engines
-                     if e.parsed.model_name == spec.model_name and e.parsed.host_key == key]
-            if older:
-                newest = max(older, key=lambda e: e.last_used)
-                why = explain_mismatch(read_manifest(newest.path), expected) or ["its file name differs"]
+            newest = previous_engine(scan.engines, spec.model_name, key)
+            if newest is not None:
+                why = why_changed(newest, expected)
                 rows.append(EngineStatus(spec.model_name, "stale", f"{'; '.join(why)} (cached: {newest.path.name})",
                                          newest.size, key, str(path)))
             else:
-                rows.append(EngineStatus(spec.model_name, "missing", "no engine in the cache", 0, key, str(path)))
+                rows.append(EngineStatus(spec.model_name, "missing", NO_ENGINE, 0, key, str(path)))
             continue
         check = check_entry(path, spec.model_name, expected)
         if check.hit:
@@ -118,7 +117,8 @@ def render_status(corpus: LoadedCorpus, rows: list[EngineStatus], totals: dict[s
         if index and rows[index - 1].state not in ("fresh", "missing"):
             lines.append(" " * (widths[0] + 2) + "why: " + rows[index - 1].reason)
     summary = ", ".join(f"{totals[s]} {s}" for s in STATES if totals[s])
-    lines.append(f"total: {totals['backbones']} backbones ({summary}); cache {human_bytes(totals['cache_bytes'])}; "
+    noun = "backbone" if totals["backbones"] == 1 else "backbones"
+    lines.append(f"total: {totals['backbones']} {noun} ({summary}); cache {human_bytes(totals['cache_bytes'])}; "
                  f"engines-gc would free {human_bytes(totals['gc_reclaimable_bytes'])}")
     return "\n".join(lines)
 

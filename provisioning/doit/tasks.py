@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..cache import check_entry, entry_files
-from ..compiler import BackboneSpec, EngineCompiler, EngineCompileRequest, expected_build_inputs
+from ..compiler import LOGGED_MARK, BackboneSpec, EngineCompiler, EngineCompileRequest, expected_build_inputs
 from ..config import ProvisioningConfig
-from ..errors import ProvisioningError
+from ..errors import NoGpuError, ProvisioningError
 from ..host import HostCapabilities
 from ..onnxinfo import write_pending_inspections
 from ..qualification import validation_matches
 from ..sidecar import Verification
-from .corpus import config_path, load_corpus
+from .corpus import config_path, load_config_only, load_corpus
 from .filedep import Sha256FileChecker
 from .report import configure_console_logging, fail_fast
 
@@ -41,21 +42,43 @@ CHECKER_VALUE = "_engine_uptodate"
 
 BackendFactory = Callable[[str], Any]
 
+# The basenames engine_tasks() generated in this process: the one list object every
+# doit_config() hands doit as default_tasks. doit reads DOIT_CONFIG right after importing the
+# dodo and keeps this very object as its task selection (``args or default_tasks``), but only
+# filters tasks by it after the task creators ran, and engine_tasks() appends while they run:
+# so plain ``doit`` selects exactly the engine groups that exist, whatever their basename.
+_DEFAULT_TASKS: list[str] = []
+
 
 def doit_config(**overrides: Any) -> dict[str, Any]:
     """A ``DOIT_CONFIG`` for engine projects: sqlite3 database ($PROVISIONING_DOIT_DB or .doit.db).
 
     ``file_dep`` changes are decided by :class:`~provisioning.doit.filedep.Sha256FileChecker`
     (doit's rules, a faster digest that reuses the action's own hash of the ONNX).
+    ``default_tasks`` are the groups :func:`engine_tasks` generates (``engines`` unless it was
+    given another ``basename``). The database's folder is created here: doit evaluates this
+    when it imports the dodo, before it opens the database, and sqlite3 cannot create folders.
     """
     config: dict[str, Any] = {
         "backend": "sqlite3",
         "dep_file": os.environ.get(DB_ENV) or DEFAULT_DB,
-        "default_tasks": ["engines"],
+        "default_tasks": _DEFAULT_TASKS,
         "check_file_uptodate": Sha256FileChecker,
     }
     config.update(overrides)
+    _make_db_folder(config.get("dep_file"))
     return config
+
+
+def _make_db_folder(dep_file: Any) -> None:
+    folder = os.path.dirname(os.fspath(dep_file)) if isinstance(dep_file, (str, os.PathLike)) else ""
+    if not folder or os.path.isdir(folder):
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:  # doit would fail with a sqlite3 traceback: say what to do instead
+        fail_fast(f"cannot create the doit database folder {os.path.abspath(folder)} ({exc.strerror or exc}); "
+                  f"create it, or point ${DB_ENV} (or dep_file) at a writable folder", 3)
 
 
 class SharedVerifier:
@@ -162,7 +185,11 @@ def compile_backbone(
         if not isinstance(exc, (ProvisioningError, OSError)):  # a surprise: keep its type in the line
             log.debug("%s failed", spec.model_name, exc_info=True)
             text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-        return TaskFailed(f"FAILED {spec.model_name}: {text or type(exc).__name__}\n")
+        line = f"FAILED {spec.model_name}: {text or type(exc).__name__}"
+        if not getattr(exc, LOGGED_MARK, False):  # the compiler logs build failures itself
+            log.error(line)
+        # report=False: doit's console reporter would repeat the line under 'TaskFailed - taskid:'
+        return TaskFailed(line, report=False)
     return {
         "model_name": spec.model_name,
         "outcome": result.outcome.value,
@@ -197,20 +224,28 @@ def engine_tasks(
     ``export_triton=REPO`` adds a task ``<basename>_export`` (part of the group, after every
     engine) that keeps the Triton model repository REPO current, as ``doit engines-export``.
 
-    ``config`` defaults to ``config=PATH`` on the doit command line, then
-    $PROVISIONING_CONFIG, then corpus/corpus.yaml. A bad config prints one line and exits
-    with the error's code before any task runs. ``backend_factory(name)`` replaces the
-    backend (a module-level callable, so that it pickles for ``doit -n``).
+    The config is ``config=PATH`` on the doit command line, else $PROVISIONING_CONFIG, else
+    ``config``, else corpus/corpus.yaml (as for the engines-* commands). A bad config prints
+    one line and exits with the error's code before any task runs. Without the GPU a
+    ``backend: tensorrt`` config needs, the tasks are still listed (``doit list``) and the
+    first one to run stops with the no-GPU line and exit code 69. ``backend_factory(name)``
+    replaces the backend (a module-level callable, so that it pickles for ``doit -n``).
     """
     path = config_path(os.fspath(config) if config is not None else None)
+    if basename not in _DEFAULT_TASKS:
+        _DEFAULT_TASKS.append(basename)
     try:
         corpus = load_corpus(path)
+    except NoGpuError as exc:
+        yield from _no_gpu_tasks(path, basename, exc)
+        return
     except ProvisioningError as exc:
         fail_fast(str(exc).splitlines()[0], exc.exit_code)
     yield {
         "basename": basename,
         "name": None,
-        "doc": f"compile or reuse the engines of {path.name} ({corpus.host.backend}, cache {corpus.cache_dir})",
+        "doc": f"compile or reuse the engines of {path.name} ({corpus.host.backend}, cache {corpus.cache_dir}); "
+               "another config: doit engines config=PATH",
         **({"task_dep": [f"{basename}_export"]} if export_triton is not None else {}),
     }
     kwargs = {"backend_factory": backend_factory} if backend_factory is not None else {}
@@ -234,6 +269,48 @@ def engine_tasks(
 
         yield export_task(basename, path, export_triton, [corpus.engine_path(s) for s in corpus.specs],
                           [s.model_name for s in corpus.specs])
+
+
+def no_gpu_action(message: str, exit_code: int) -> Any:
+    """The action of every task of a GPU config on a host without one: one line, then exit 69.
+
+    In doit's own process SystemExit passes through its runner, so its code is doit's; a
+    ``doit -n`` worker cannot end the run with its code: there the task fails (exit 1).
+    """
+    import multiprocessing
+
+    if multiprocessing.parent_process() is None:
+        fail_fast(message, exit_code)
+    from doit.exceptions import TaskFailed
+
+    sys.stderr.write(f"ERROR: {message}\n")
+    return TaskFailed(message, report=False)
+
+
+def _no_gpu_tasks(path: Path, basename: str, exc: NoGpuError) -> Iterator[dict[str, Any]]:
+    """Tasks for listing without a GPU: no targets (an engine's name needs the GPU's identity).
+
+    A placeholder target would be a path no build ever writes: ``doit clean`` and other
+    tasks' ``file_dep`` would treat it as real. Without targets or ``file_dep``, and with
+    ``uptodate: [False]``, a task always runs, and its action says there is no GPU.
+    """
+    try:
+        config = load_config_only(path)
+    except ProvisioningError as error:
+        fail_fast(str(error).splitlines()[0], error.exit_code)
+    message = str(exc).splitlines()[0]
+    yield {"basename": basename, "name": None,
+           "doc": f"compile or reuse the engines of {path.name} ({config.backend}: no GPU visible here)"}
+    for backbone in config.backbones:
+        yield {
+            "basename": basename,
+            "name": backbone.model_name,
+            "doc": f"{backbone.model_name} -> engine name unknown: no GPU visible",
+            "actions": [(no_gpu_action, [message, exc.exit_code])],
+            "uptodate": [False],
+            "verbosity": 2,
+            "meta": {"model_name": backbone.model_name},
+        }
 
 
 def task_engines() -> Iterator[dict[str, Any]]:
