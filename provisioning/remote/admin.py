@@ -64,6 +64,7 @@ def plan_remote_gc(
     host_max_age_s: float,
     timeout_s: float,
     now: float | None = None,
+    lease_s: float = 30.0,
 ) -> RemoteGcPlan:
     """Plan removals: this host key's superseded and abandoned entries, and hosts not seen for ``host_max_age_s``.
 
@@ -97,7 +98,7 @@ def plan_remote_gc(
             reason = "abandoned upload (no sidecar for over an hour)"
         if reason is None:
             continue
-        if LEASE in parts and _lease_live(store, store.entry_path(host, name, LEASE), timeout_s, now):
+        if LEASE in parts and _lease_live(store, store.entry_path(host, name, LEASE), timeout_s, now, lease_s):
             kept.append(f"{host}/{name}: a builder holds its lease")
             continue
         items.append(_item(store.entry_path(host, name), parts, store.entry_path(host, name), reason))
@@ -128,8 +129,8 @@ def _item(path: str, parts: dict[str, dict], base: str, reason: str) -> RemoteGc
     return RemoteGcItem(path, paths, sum(int(i.get("size") or 0) for i in parts.values()), reason)
 
 
-def _lease_live(store: RemoteStore, path: str, timeout_s: float, now: float) -> bool:
-    lease = read_lease(store, path, timeout_s)
+def _lease_live(store: RemoteStore, path: str, timeout_s: float, now: float, lease_s: float) -> bool:
+    lease = read_lease(store, path, timeout_s, lease_s)  # forged expiries cannot pin an entry
     return lease is not None and lease["expires"] >= now
 
 

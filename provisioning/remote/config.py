@@ -7,6 +7,7 @@ fails before any build. Every error is one line naming the config file and the f
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ PROTOCOLS = ("s3", "s3a", "file")
 ALGORITHMS = ("hmac-sha256", "ed25519")
 _KEYS = (
     "url", "mode", "endpoint_url", "timeout_s", "signing_key", "require_signature",
-    "lease_s", "wait_s", "host_max_age_days",
+    "lease_s", "wait_s", "host_max_age_days", "allow_insecure_http", "share_build_details",
 )
+_ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # botocore's order: the S3-specific one wins
 _SOURCE_KEYS = ("env", "file")
 
 
@@ -58,10 +60,19 @@ class RemoteConfig:
     endpoint_url: str | None = None
     timeout_s: float = 30.0
     signing_key: SigningKeyConfig | None = None
+    # A key means signatures are required: otherwise deleting ``sig`` would bypass them.
+    # ``require_signature: false`` next to a key is an explicit, warned opt-out (migration).
     require_signature: bool = False
     lease_s: float = 30.0  # a builder's claim on an engine; renewed while it builds
-    wait_s: float = 3600.0  # longest wait for another host's build before building here
+    wait_s: float = 600.0  # longest this run waits, in total, for other hosts' builds
     host_max_age_days: float = 30.0  # gc: hosts not seen for longer are removed
+    allow_insecure_http: bool = False  # plain http to a non-loopback endpoint (needs signatures)
+    share_build_details: bool = False  # upload the manifest as built (absolute ONNX path, pid)
+
+    @property
+    def signatures_required(self) -> bool:
+        """True when every fetched entry must carry a valid signature."""
+        return self.signing_key is not None and self.require_signature
 
     @property
     def enabled(self) -> bool:
@@ -107,11 +118,14 @@ def parse_remote_config(raw: Mapping[str, Any], config_path: Path) -> RemoteConf
         if parts.username or parts.password:
             raise _error(config_path, "endpoint_url", "must not contain credentials; use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
     signing = _signing_key(raw.get("signing_key"), config_path)
-    require = raw.get("require_signature", False)
-    if not isinstance(require, bool):
-        raise _error(config_path, "require_signature", f"must be true or false, got {require!r}")
+    require = _flag(raw, "require_signature", signing is not None, config_path)
     if require and signing is None:
         raise _error(config_path, "require_signature", "is true but no signing_key is set; add remote.signing_key")
+    insecure = _flag(raw, "allow_insecure_http", False, config_path)
+    if endpoint is not None:
+        problem = insecure_http_problem(endpoint, insecure, signing is not None and require)
+        if problem:
+            raise _error(config_path, problem[0], problem[1])
     if signing is not None and mode == "read-write" and signing.algorithm == "ed25519" and signing.private_key is None:
         raise _error(config_path, "signing_key", "read-write mode signs uploads: add private_key, or use mode: read-only")
     return RemoteConfig(
@@ -123,9 +137,61 @@ def parse_remote_config(raw: Mapping[str, Any], config_path: Path) -> RemoteConf
         signing_key=signing,
         require_signature=require,
         lease_s=_seconds(raw, "lease_s", 30.0, config_path),
-        wait_s=_seconds(raw, "wait_s", 3600.0, config_path),
+        wait_s=_seconds(raw, "wait_s", 600.0, config_path),
         host_max_age_days=_seconds(raw, "host_max_age_days", 30.0, config_path),
+        allow_insecure_http=insecure,
+        share_build_details=_flag(raw, "share_build_details", False, config_path),
     )
+
+
+def _flag(raw: Mapping[str, Any], key: str, default: bool, config_path: Path) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise _error(config_path, key, f"must be true or false, got {value!r}")
+    return value
+
+
+def is_loopback(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 or ``localhost``: traffic that never leaves this machine."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def insecure_http_problem(endpoint: str, allowed: bool, signed: bool) -> tuple[str, str] | None:
+    """(field, message) when ``endpoint`` is plain http that this config may not use; else None.
+
+    Plain http lets anyone on the path read the engines and, without signatures, replace
+    them; loopback traffic stays on this machine (a local MinIO, the tests' moto server).
+    """
+    parts = urlsplit(endpoint)
+    if parts.scheme != "http" or is_loopback(parts.hostname):
+        return None
+    if not allowed:
+        return ("endpoint_url", f"plain http to {parts.hostname} lets anyone on the network read and replace "
+                "engines; use https, or set remote.allow_insecure_http: true (signatures then required)")
+    if not signed:
+        return ("allow_insecure_http", f"plain http to {parts.hostname} needs signed entries; set "
+                "remote.signing_key (and keep require_signature on), or use https")
+    return None
+
+
+def check_endpoint_env(config: RemoteConfig) -> None:
+    """Apply the plain-http rule to AWS_ENDPOINT_URL(_S3) too, which botocore reads by itself."""
+    if config.endpoint_url is not None:
+        return
+    for name in _ENDPOINT_ENV:
+        value = os.environ.get(name)
+        if value:
+            problem = insecure_http_problem(value, config.allow_insecure_http, config.signatures_required)
+            if problem:
+                raise ConfigError(f"{config.config_path}: environment variable {name}: {problem[1]}")
+            return
 
 
 def _url(raw: Any, config_path: Path) -> str:

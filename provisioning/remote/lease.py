@@ -8,6 +8,13 @@ without an upload (a failed build), so a waiter takes over without waiting for e
 A holder that dies stops renewing: its lease expires after ``lease_s`` and a waiter takes
 it over.
 
+A lease is remote content, so a reader trusts it only as far as it must: its expiry is the
+earlier of the recorded ``expires`` and the object's last-modified time (the server's
+clock) plus the reader's own ``lease_s``; a non-finite, non-numeric or far-future
+``expires``, an oversized or unparsable lease reads as expired. So a planted lease with
+``expires: 1e300`` holds hosts for one ``lease_s`` at most, unless someone keeps rewriting
+it (and then each run's wait budget, ``wait_s``, bounds the cost).
+
 Limits (documented in README, Fleet): expiry compares wall clocks, so hosts need NTP-level
 agreement (well under ``lease_s``); two waiters taking over one expired lease at the same
 instant can both build (harmless: entries are content-verified and the sidecar is
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -27,10 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import lock_is_held
-from .store import RemoteStore
+from .store import RemoteContentError, RemoteStore
 
 log = logging.getLogger("provisioning.remote")
 _MAX_LEASE_BYTES = 4096
+_SKEW_S = 2.0  # S3's LastModified has whole seconds; a little clock skew between hosts
+INVALID_OWNER = "?"
 
 
 def lease_owner() -> str:
@@ -38,18 +48,29 @@ def lease_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-def read_lease(store: RemoteStore, path: str, timeout: float) -> dict[str, Any] | None:
-    """The lease document at ``path``, None when absent; malformed ones read as expired."""
-    blob = store.read_small(path, _MAX_LEASE_BYTES, timeout)
-    if blob is None:
+def read_lease(store: RemoteStore, path: str, timeout: float, lease_s: float) -> dict[str, Any] | None:
+    """``{"owner", "expires"}`` of the lease at ``path``, None when absent; an invalid one reads as expired."""
+    invalid = {"owner": INVALID_OWNER, "expires": 0.0}
+    try:
+        found = store.read_small_info(path, _MAX_LEASE_BYTES, timeout)
+    except RemoteContentError:
+        return invalid
+    if found is None:
         return None
+    blob, modified = found
     try:
         document = json.loads(blob)
-        if isinstance(document, dict) and isinstance(document.get("expires"), (int, float)):
-            return document
-    except ValueError:
-        pass
-    return {"owner": "?", "expires": 0.0}
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return invalid
+    expires = document.get("expires") if isinstance(document, dict) else None
+    if isinstance(expires, bool) or not isinstance(expires, (int, float)) or not math.isfinite(expires):
+        return invalid
+    if modified is not None:
+        expires = min(float(expires), modified + lease_s + _SKEW_S)
+    elif expires > time.time() + lease_s + _SKEW_S:
+        return invalid  # no server time to anchor it: a far-future expiry is forged or a clock is off
+    owner = document.get("owner")
+    return {"owner": owner if isinstance(owner, str) else INVALID_OWNER, "expires": float(expires)}
 
 
 class BuilderLease:
@@ -111,7 +132,7 @@ class BuilderLease:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(self.timeout_s + 1)  # a renewal in flight must not re-create it
         try:
-            current = read_lease(self.store, self.path, self.timeout_s)
+            current = read_lease(self.store, self.path, self.timeout_s, self.lease_s)
             if current is not None and current.get("owner") == self.owner:
                 self.store.delete([self.path], self.timeout_s)
         except Exception as exc:  # an undeleted lease expires by itself

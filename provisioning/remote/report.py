@@ -40,6 +40,11 @@ def remote_states(config: ProvisioningConfig, entries: Iterable[tuple[str, str, 
     return {"url": remote.url, "states": states}
 
 
+def _printable(text: str) -> str:
+    """A bucket path for the terminal: object names are remote content (newlines, escapes)."""
+    return text if text.isprintable() and text.isascii() else ascii(text)[1:-1]
+
+
 @dataclass(frozen=True)
 class RemoteGcReport:
     """A remote gc plan, and whether it was applied."""
@@ -62,8 +67,8 @@ class RemoteGcReport:
         mode = "deleting" if self.applied else "dry run, add --apply to delete"
         lines = [f"engines-gc --remote: {self.url} ({mode})"]
         for item in self.plan.items:
-            lines.append(f"  {human_bytes(item.bytes):>10}  {item.path}  {item.reason}")
-        lines.extend(f"  {'kept':>10}  {kept}" for kept in self.plan.kept)
+            lines.append(f"  {human_bytes(item.bytes):>10}  {_printable(item.path)}  {item.reason}")
+        lines.extend(f"  {'kept':>10}  {_printable(kept)}" for kept in self.plan.kept)
         verb = "freed" if self.applied else "would free"
         lines.append(f"{verb} {human_bytes(self.plan.bytes)} in {len(self.plan.items)} item(s)")
         return "\n".join(lines)
@@ -88,7 +93,8 @@ def remote_gc(config: ProvisioningConfig, host_keys: Iterable[str], current: Ite
     current = list(current)
     keys = sorted(set(host_keys))
     plans = [plan_remote_gc(store, key, current, host_max_age_s=remote.host_max_age_days * _DAY_S,
-                            timeout_s=remote.timeout_s, now=time.time() if now is None else now)
+                            timeout_s=remote.timeout_s, now=time.time() if now is None else now,
+                            lease_s=remote.lease_s)
              for key in keys]
     # Several own host keys (e.g. TensorRT compatibility levels): none of them is a stale host.
     items, seen = [], set()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from .config import KeySource, SigningKeyConfig
+from .store import shown
 
 SIGNATURE_SCHEMA = 1
 _DOMAIN = b"provisioning-remote-entry/1\n"
@@ -126,12 +127,13 @@ class EntrySigner:
             document = json.loads(sig_object)
             algorithm, key_id = document["algorithm"], document["key_id"]
             raw = base64.b64decode(document["signature"], validate=True)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # remote content: never let it escape
             return SignatureCheck(False, "signature object is malformed")
         if algorithm != self.algorithm:
-            return SignatureCheck(False, f"entry is signed with {algorithm}, this host expects {self.algorithm}")
+            return SignatureCheck(False, f"entry is signed with {shown(algorithm, 20)}, this host expects {self.algorithm}")
         if key_id != self.key_id:
-            return SignatureCheck(False, f"entry is signed with another key (key id {str(key_id)[:16]}, this host's is {self.key_id})")
+            return SignatureCheck(False, f"entry is signed with another key (key id {shown(key_id, 16)}, "
+                                         f"this host's is {self.key_id})")
         if self._hmac_key is not None:
             good = hmac.compare_digest(raw, hmac.new(self._hmac_key, message, hashlib.sha256).digest())
         else:

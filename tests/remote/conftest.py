@@ -164,7 +164,21 @@ def remote_block(endpoint: str, bucket: str, **extra) -> dict:
     return {"url": f"s3://{bucket}/engines", "endpoint_url": endpoint, "timeout_s": 3, "lease_s": 2, **extra}
 
 
+POLICY_EVENTS = ("remote_unsigned", "remote_signature_optional", "remote_hmac_reader")
+
+
 def warnings_of(caplog) -> list[str]:
-    """Warning and error lines from the remote cache."""
+    """Warning and error lines from the remote cache about this run's entries.
+
+    The start-up warnings about the key set-up (an unsigned fleet, ...) are left out here:
+    each run gives them once, whatever happens, and :func:`policy_warnings_of` checks them.
+    """
     return [r.getMessage() for r in caplog.records
-            if r.name.startswith("provisioning.remote") and r.levelno >= logging.WARNING]
+            if r.name.startswith("provisioning.remote") and r.levelno >= logging.WARNING
+            and getattr(r, "event", None) not in POLICY_EVENTS]
+
+
+def policy_warnings_of(caplog) -> list[tuple[str, str]]:
+    """(event, line) of the start-up warnings about the key set-up."""
+    return [(r.event, r.getMessage()) for r in caplog.records
+            if r.name.startswith("provisioning.remote") and getattr(r, "event", None) in POLICY_EVENTS]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -79,3 +80,93 @@ def test_file_url_is_anchored_at_the_config_folder_and_shared_like_a_bucket(tmp_
     assert list((tmp_path / "shared-engines").glob("*/*.engine/sha256"))
     b = make_host(tmp_path, "b", corpus_dir, block)
     assert [r.source for r in b.provision()] == ["remote"] * 3
+
+
+HMAC = "ab" * 32
+
+
+def _remote(tmp_path, corpus_dir, name, block):
+    host = make_host(tmp_path, name, corpus_dir, block)
+    return make_remote_cache(load_config(host.config_path)), host
+
+
+@pytest.mark.parametrize("block, field, hint", [
+    ({"endpoint_url": "http://10.0.0.5:9000"}, "remote.endpoint_url", "use https"),
+    ({"endpoint_url": "http://minio.internal:9000", "allow_insecure_http": True}, "remote.allow_insecure_http",
+     "needs signed entries"),
+    ({"endpoint_url": "http://10.0.0.5:9000", "allow_insecure_http": True, "signing_key": {"env": "K"},
+      "require_signature": False}, "remote.allow_insecure_http", "needs signed entries"),
+    ({"allow_insecure_http": "yes"}, "remote.allow_insecure_http", "true or false"),
+])
+def test_plain_http_to_another_machine_is_refused(tmp_path, corpus_dir, monkeypatch, block, field, hint):
+    monkeypatch.setenv("K", HMAC)
+    message = _compiler_error(tmp_path, corpus_dir, {"url": "s3://b/e", **block})
+    assert f"field '{field}'" in message and hint in message, message
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:9000", "http://127.8.9.10", "http://[::1]:9000",
+                                      "http://localhost:9000", "https://minio.internal:9000"])
+def test_loopback_and_https_endpoints_need_no_option(tmp_path, corpus_dir, endpoint):
+    remote, _ = _remote(tmp_path, corpus_dir, "h", {"url": "s3://b/e", "endpoint_url": endpoint})
+    assert remote is not None
+
+
+def test_insecure_http_is_allowed_with_the_option_and_required_signatures(tmp_path, corpus_dir, monkeypatch):
+    monkeypatch.setenv("K", HMAC)
+    remote, _ = _remote(tmp_path, corpus_dir, "h", {"url": "s3://b/e", "endpoint_url": "http://10.0.0.5:9000",
+                                                     "allow_insecure_http": True, "signing_key": {"env": "K"}})
+    assert remote.config.signatures_required
+
+
+def test_aws_endpoint_url_from_the_environment_obeys_the_same_rule(tmp_path, corpus_dir, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://10.0.0.5:9000")
+    host = make_host(tmp_path, "h", corpus_dir, {"url": "s3://b/e"})
+    with pytest.raises(ConfigError) as info:
+        build_engine_compiler(load_config(host.config_path))
+    assert "environment variable AWS_ENDPOINT_URL" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_key_means_signatures_are_required(tmp_path, corpus_dir, monkeypatch, caplog):
+    from .conftest import policy_warnings_of
+
+    monkeypatch.setenv("K", HMAC)
+    with caplog.at_level(logging.WARNING):
+        remote, _ = _remote(tmp_path, corpus_dir, "signed", {"url": "s3://b/e", "signing_key": {"env": "K"}})
+    assert remote.config.require_signature and policy_warnings_of(caplog) == []
+    with caplog.at_level(logging.WARNING):
+        remote, _ = _remote(tmp_path, corpus_dir, "optout", {"url": "s3://b/e", "signing_key": {"env": "K"},
+                                                            "require_signature": False})
+    assert not remote.config.signatures_required
+    [(event, line)] = policy_warnings_of(caplog)
+    assert event == "remote_signature_optional" and "require_signature: false" in line and "\n" not in line
+
+
+def test_an_unsigned_fleet_is_warned_once_per_run(tmp_path, corpus_dir, caplog):
+    from .conftest import policy_warnings_of
+
+    host = make_host(tmp_path, "h", corpus_dir, {"url": "s3://b/e"})
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):  # doit builds one remote cache per task
+            make_remote_cache(load_config(host.config_path))
+    [(event, line)] = policy_warnings_of(caplog)
+    assert event == "remote_unsigned" and "remote.signing_key" in line and "replace the engines" in line
+
+
+def test_a_read_only_host_holding_an_hmac_key_is_told_to_use_ed25519(tmp_path, corpus_dir, monkeypatch, caplog):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from .conftest import policy_warnings_of
+
+    monkeypatch.setenv("K", HMAC)
+    (tmp_path / "k.pub").write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    with caplog.at_level(logging.WARNING):
+        _remote(tmp_path, corpus_dir, "rw", {"url": "s3://b/e", "signing_key": {"env": "K"}})
+        _remote(tmp_path, corpus_dir, "ed", {"url": "s3://b/e", "mode": "read-only", "signing_key": {
+            "algorithm": "ed25519", "public_key": {"file": str(tmp_path / "k.pub")}}})
+        assert policy_warnings_of(caplog) == []
+        _remote(tmp_path, corpus_dir, "ro", {"url": "s3://b/e", "mode": "read-only", "signing_key": {"env": "K"}})
+    [(event, line)] = policy_warnings_of(caplog)
+    assert event == "remote_hmac_reader" and "forge entries" in line and "Ed25519" in line and "env K" in line
+    assert HMAC not in line
