@@ -32,7 +32,7 @@ class EngineStatus:
     size: int
     host_key: str
     path: str
-    qualified: str = "-"  # yes: validated under today's criteria; no; -: not asked for, or no engine
+    qualified: str = "-"  # yes / no: the recorded validation passed or not (under today's criteria when asked); -: none
     validation: dict[str, Any] | None = None  # the recorded report (parity, latency, criteria)
 
     def as_dict(self) -> dict[str, Any]:

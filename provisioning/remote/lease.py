@@ -66,7 +66,7 @@ def read_lease(store: RemoteStore, path: str, timeout: float, lease_s: float) ->
     if isinstance(expires, bool) or not isinstance(expires, (int, float)) or not math.isfinite(expires):
         return invalid
     if modified is not None:
-        pass
+        expires = min(float(expires), modified + lease_s + _SKEW_S)
     elif expires > time.time() + lease_s + _SKEW_S:
         return invalid  # no server time to anchor it: a far-future expiry is forged or a clock is off
     owner = document.get("owner")
