@@ -15,7 +15,7 @@ from typing import Iterable
 
 from ..schema import EngineFilenameSchema
 from .lease import read_lease
-from .store import ENGINE, LEASE, SEEN, SIDECAR, RemoteStore, modified_epoch
+from .store import ENGINE, LEASE, SEEN, SIDECAR, RemoteContentError, RemoteStore, modified_epoch
 
 PRESENT, ABSENT, INCOMPLETE, UNREACHABLE = "present", "absent", "incomplete", "unreachable"
 _STALE_INCOMPLETE_S = 3600.0  # an upload without a sidecar this old is abandoned
@@ -29,6 +29,8 @@ def remote_entry_status(store: RemoteStore, host_key: str, engine_name: str, tim
         if store.size(store.entry_path(host_key, engine_name, ENGINE), timeout_s) is not None:
             return INCOMPLETE
         return ABSENT
+    except RemoteContentError:  # a link, FIFO or folder where an object belongs: not a usable entry
+        return INCOMPLETE
     except Exception:
         return UNREACHABLE
 

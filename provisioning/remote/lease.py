@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import lock_is_held
-from .store import RemoteContentError, RemoteStore
+from .store import RemoteContentError, RemoteStore, shown
 
 log = logging.getLogger("provisioning.remote")
 _MAX_LEASE_BYTES = 4096
@@ -120,7 +120,7 @@ class BuilderLease:
             try:
                 self.store.put_bytes(self.path, self.document(), self.timeout_s)
             except Exception as exc:  # a missed renewal only shortens the lease
-                log.debug("lease renewal of %s failed: %s", self.path, exc)
+                log.debug("lease renewal of %s failed: %s", self.path, shown(str(exc), 200))
 
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still ours (best effort)."""
@@ -136,4 +136,4 @@ class BuilderLease:
             if current is not None and current.get("owner") == self.owner:
                 self.store.delete([self.path], self.timeout_s)
         except Exception as exc:  # an undeleted lease expires by itself
-            log.debug("lease release of %s failed: %s", self.path, exc)
+            log.debug("lease release of %s failed: %s", self.path, shown(str(exc), 200))

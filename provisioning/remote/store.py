@@ -181,6 +181,13 @@ class RemoteStore:
             except FileNotFoundError:
                 pass
 
+    def list_dir(self, path: str, timeout: float) -> list[dict[str, Any]]:
+        """Entries directly under ``path`` (fsspec info dicts); empty when absent."""
+        try:
+            return list(self._call(self.fs.ls, path, detail=True, **self._kw(timeout)))
+        except FileNotFoundError:
+            return []
+
     def find(self, path: str, timeout: float) -> dict[str, dict[str, Any]]:
         """Every object under ``path`` with its info (size, LastModified / mtime)."""
         try:
