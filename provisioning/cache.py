@@ -206,7 +206,7 @@ def read_events(cache_dir: Path) -> list[dict[str, Any]]:
     for line in raw.splitlines():
         try:
             value = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # a torn or hostile line is skipped, never a crash
             continue
         if isinstance(value, dict):
             events.append(value)

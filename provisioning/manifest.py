@@ -133,6 +133,6 @@ def read_manifest(engine_path: Path) -> dict[str, Any] | None:
         return None
     try:
         document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply to decode
         return None
     return document if isinstance(document, dict) else None

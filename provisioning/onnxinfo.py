@@ -147,7 +147,7 @@ def cached_inspection(path: Path, cache_dir: Path) -> OnnxInfo | None:
         fd = open_nofollow(_record_path(cache_dir, path))
         with os.fdopen(fd, "rb") as handle:
             record = json.loads(handle.read())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a record nested too deeply to decode is no record
         return None
     if not isinstance(record, dict) or record.get("signature") != _stat_signature(path):
         return None

@@ -65,7 +65,7 @@ def _trusted(engine_path: Path) -> Verification | None:
     try:
         with os.fdopen(open_nofollow(record_path(engine_path)), "rb") as handle:
             record = json.loads(handle.read())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a record nested too deeply to decode is no record
         return None
     sidecar = Sha256Sidecar.read(engine_path)
     signature = _signature(engine_path)

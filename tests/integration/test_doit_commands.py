@@ -157,3 +157,38 @@ def test_commands_report_a_bad_config_in_one_line(project: Project) -> None:
         assert result.returncode == 2, command
         assert result.stderr == f"ERROR: {project.root / 'missing.yaml'}: config file not found; " \
                                 "pass config=PATH or set PROVISIONING_CONFIG\n"
+
+
+def test_gc_keep_foreign_apply_keeps_other_hosts_engines_of_a_shared_folder(built: Project) -> None:
+    old_cls = built.engine("cls")
+    _change_cls_profile(built)
+    assert built.doit("engines").returncode == 0  # old_cls: a superseded build of this host
+    foreign = [make_foreign_copy(built.engine("det")), make_foreign_copy(built.engine("emb"), "aarch64-neon-0a0b0c")]
+    applied = built.doit("engines-gc", "--keep-foreign", "--apply")
+    assert applied.returncode == 0, applied.stderr
+    for engine in foreign:
+        assert Sha256Sidecar.verify(engine) and manifest_path_for(engine).exists(), applied.stdout
+        assert engine.name not in applied.stdout
+    assert not old_cls.exists() and old_cls.name in applied.stdout  # this host's garbage still goes
+    plain = built.doit("engines-gc", "--apply")  # the control: without the flag they are garbage
+    assert plain.returncode == 0 and not any(e.exists() for e in foreign), plain.stdout
+
+
+HOLD_LOCK = ("import sys; from pathlib import Path; from provisioning.cache import engine_lock; "
+             "lock = engine_lock(Path(sys.argv[1])); lock.acquire(); print('held', flush=True); sys.stdin.read()")
+
+
+def test_gc_budget_with_apply_skips_an_engine_a_builder_holds_and_says_so(built: Project) -> None:
+    det = built.engine("det")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(det)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=clean_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"  # another process builds det right now
+        applied = built.doit("engines-gc", "--max-size", "0", "--apply")
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert applied.returncode == 0, applied.stderr
+    assert Sha256Sidecar.verify(det)
+    assert f"{det.name}: kept over the size budget, locked by a live process" in applied.stdout
+    assert set(built.engines()) == {"det"}, applied.stdout  # the unlocked engines went

@@ -172,3 +172,19 @@ def test_database_is_sqlite_and_its_location_can_be_moved(project: Project) -> N
         assert connection.execute("select count(*) from doit").fetchone()[0] >= 3
     again = project.doit("engines", env={"PROVISIONING_DOIT_DB": str(db)})
     assert task_lines(again.stdout) == {m: "--" for m in MODELS}
+
+
+def test_a_checker_that_fails_inside_runs_the_task_instead_of_calling_it_up_to_date(built: Project) -> None:
+    """EngineUpToDate catches its own surprises; the answer must then be "run the task", never "--"."""
+    (built.root / "dodo.py").write_text(
+        "from provisioning.doit import DOIT_CONFIG, task_engines  # noqa: F401\n"
+        "import provisioning.doit.tasks as _tasks\n\n\n"
+        "def _broken_check_entry(*args, **kwargs):\n"
+        "    raise RuntimeError('surprise inside the checker')\n\n\n"
+        "_tasks.check_entry = _broken_check_entry  # the checker's entry check only; the action has its own\n"
+    )
+    result = built.doit("engines")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert task_lines(result.stdout) == {m: "." for m in MODELS}, result.stdout
+    assert all(f"REUSED {m}" in " ".join(result.stdout.split()) for m in MODELS), result.stdout
+    assert "Traceback" not in result.stdout + result.stderr

@@ -7,15 +7,18 @@ appends to: exactly one BUILT per backbone, every other process REUSED.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections import Counter
 
 from provisioning.cache import lock_is_held
 from provisioning.sidecar import Sha256Sidecar
 
+from tests.conftest import DOIT
 from tests.reliability.conftest import (
     MODELS,
     Project,
+    child_env,
     count,
     kill_group,
     make_project,
@@ -69,15 +72,27 @@ def test_a_killed_lock_holder_does_not_block_the_waiters(tmp_path) -> None:
             assert wait_for(project.phase_log.exists), "the holder never started building"
             det = next(p for p in _expected_paths(project) if p.name.startswith("det."))
             assert lock_is_held(det)
-            waiters = [project.spawn_doit("engines", env={"PROVISIONING_DOIT_DB": str(project.root / f"w{i}.db")})
-                       for i in range(3)]
-            time.sleep(1.5)  # let them load their tasks and block on det's lock
-            assert all(w.poll() is None for w in waiters), "a waiter finished while det was locked"
+            logs = [project.root / f"w{i}.out" for i in range(3)]
+            waiters = [_spawn_logged(project, log, i) for i, log in enumerate(logs)]
+            # each waiter has started det's task: doit printed its title, and the action is running
+            assert wait_for(lambda: all(".  engines:det" in _text(log) for log in logs), timeout=120), \
+                [_text(log) for log in logs]
+            time.sleep(0.5)  # long enough for anything but the lock to have passed
+            # ...and it is stuck in the lock: it has not logged the miss it logs once inside, nor
+            # reached the backend (no phase line of its pid), while the holder keeps the lock
+            assert lock_is_held(det) and holder.poll() is None
+            for waiter, log in zip(waiters, logs):
+                assert waiter.poll() is None, f"a waiter finished while det was locked: {_text(log)}"
+                assert "miss det" not in _text(log) and "det" not in _text(log).split(".  engines:det", 1)[1], \
+                    _text(log)
+            assert _phase_pids(project) == {holder.pid}, project.phase_log.read_text()
             assert not det.exists()
             killed_at = time.monotonic()
             kill_group(holder)
-            outputs = [w.communicate(timeout=120)[0].decode() for w in waiters]
+            for waiter in waiters:
+                waiter.wait(timeout=120)
             takeovers.append(time.monotonic() - killed_at)
+            outputs = [_text(log) for log in logs]
         finally:
             kill_group(holder)
             for waiter in waiters:
@@ -93,6 +108,26 @@ def test_a_killed_lock_holder_does_not_block_the_waiters(tmp_path) -> None:
     record("2 contention", "lock holder SIGKILLed mid-build, 3 waiters", rounds,
            f"{rounds}/{rounds}: a waiter took over and built each engine once; all waiters finished "
            f"in at most {max(takeovers):.1f} s after the kill", True)
+
+
+def _spawn_logged(project: Project, log, index: int) -> subprocess.Popen:
+    """A waiter: ``doit engines`` with its own database, output unbuffered into ``log``, phases logged."""
+    with open(log, "wb") as out:
+        return subprocess.Popen([DOIT, "engines"], cwd=project.root, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True,
+                                env=child_env({"PROVISIONING_DOIT_DB": str(project.root / f"w{index}.db"),
+                                               "PYTHONUNBUFFERED": "1", PHASE_LOG: str(project.phase_log)}))
+
+
+def _text(path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _phase_pids(project: Project) -> set[int]:
+    return {int(line.split()[0]) for line in project.phase_log.read_text().splitlines() if line.strip()}
 
 
 def _expected_paths(project: Project):

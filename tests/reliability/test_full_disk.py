@@ -12,7 +12,11 @@ from provisioning.sidecar import Sha256Sidecar
 from tests.reliability.conftest import Project, count, record, unsound_entries
 from tests.reliability.faulty_backend import FSIZE_AT_PUBLISH
 
-LIMIT = "4096"  # det's engine is about 7.5 KB: the write stops in the middle of it
+
+def _limit_inside(engine_size: int) -> str:
+    """An RLIMIT_FSIZE that stops the write in the middle of an engine of this size (not before, not after)."""
+    assert engine_size >= 2, engine_size
+    return str(engine_size // 2)
 
 
 def _edit_det(project: Project, note: str) -> None:
@@ -40,12 +44,14 @@ def test_full_disk_during_publish(project: Project) -> None:
     assert project.doit("engines").returncode == 0
     det = next(p for p in project.canonical_engines() if p.name.startswith("det."))
     old = det.read_bytes()
+    # the edits change only det's doc string, so each new engine is about as large as this one
+    limit = _limit_inside(len(old))
     for run in range(runs):
         _edit_det(project, f"edit {run}")
-        result = project.doit("engines", env={FSIZE_AT_PUBLISH: LIMIT})
+        result = project.doit("engines", env={FSIZE_AT_PUBLISH: limit})
         assert result.returncode == 1, result.stdout + result.stderr
         _check_failed_run(project, result.stdout + result.stderr, old)
-        library = project.spawn_library(env={FSIZE_AT_PUBLISH: LIMIT})
+        library = project.spawn_library(env={FSIZE_AT_PUBLISH: limit})
         output = library.communicate(timeout=120)[0].decode()
         assert library.returncode != 0, output
         assert output.count("\n") <= 2 and output.strip().splitlines()[-1].startswith("ERROR: "), output
