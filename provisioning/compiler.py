@@ -23,6 +23,7 @@ from .cache import EngineCacheEntry, EntryCheck, append_event, check_entry, engi
 from .config import InputShape, ValidationCriteria, criteria_of
 from .errors import BackendError, CacheError, ConfigError, ValidationFailed
 from .host import HostCapabilities
+from .interrupt import interrupt_of
 from .manifest import BuildInputs, make_manifest, manifest_bytes, manifest_path_for
 from .miss import NO_ENGINE, explain_absent
 from .onnxinfo import onnx_digest, write_pending_inspections
@@ -423,14 +424,19 @@ class EngineCompiler:
     @staticmethod
     def _record_failure(spec: BackboneSpec, exc: BaseException, request: EngineCompileRequest, host_key: str,
                         engine_name: str, miss_reasons: tuple[str, ...], source: str = "local") -> None:
-        """The FAILED log line and event of one backbone (marked, so a caller does not repeat the line)."""
+        """The FAILED line and event of a backbone, or the INTERRUPTED event (marked: a caller does not repeat them)."""
+        stop = interrupt_of(exc)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        log.error(
-            "FAILED %s: %s", spec.model_name, reason,
-            extra={"event": "result", "model_name": spec.model_name, "outcome": "FAILED",
-                   "error_class": type(exc).__name__},
-        )
-        append_event(request.cache_dir, _event(spec.model_name, "FAILED", engine_name, None, type(exc).__name__,
+        if stop is not None:  # not a failure: an INTERRUPTED event; the caller prints its line once unwound
+            reason, outcome, error_class = f"stopped by {stop.signal_name}", "INTERRUPTED", stop.error_class
+        else:
+            outcome, error_class = "FAILED", type(exc).__name__
+            log.error(
+                "FAILED %s: %s", spec.model_name, reason,
+                extra={"event": "result", "model_name": spec.model_name, "outcome": "FAILED",
+                       "error_class": error_class},
+            )
+        append_event(request.cache_dir, _event(spec.model_name, outcome, engine_name, None, error_class,
                                                host_key, reason=reason, source=source,
                                                miss_reasons=list(miss_reasons)))
         try:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, ContextManager, Mapping, Union
 
 from .errors import UnsafePathError
+from .interrupt import deferred as deferred_interrupts
 
 CHUNK_BYTES = 4 * 1024 * 1024  # large reads: hashing runs at the CPU's SHA speed
 TEMP_SUFFIX = ".incomplete"
@@ -325,10 +326,13 @@ class Sha256Sidecar:
                 staged.append((write_temp(Path(path), blob)[0], Path(path)))
             sidecar = cls.path_for(engine_path)
             staged.append((write_temp(sidecar, cls.format_line(sha256, engine_path.name).encode())[0], sidecar))
-            _unlink_quietly(sidecar)  # the old engine is no longer vouched for from here
-            os.replace(tmp_engine, engine_path)
-            for tmp, path in staged:
-                os.replace(tmp, path)
+            # SIGINT/SIGTERM wait for the last rename: between withdrawing the old sidecar and
+            # writing the new one, stopping would leave no verifying engine at all
+            with deferred_interrupts():
+                _unlink_quietly(sidecar)  # the old engine is no longer vouched for from here
+                os.replace(tmp_engine, engine_path)
+                for tmp, path in staged:
+                    os.replace(tmp, path)
             fsync_dir(engine_path.parent)
         finally:
             for tmp, _ in staged:

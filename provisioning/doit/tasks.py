@@ -21,13 +21,15 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..cache import check_entry, entry_files
-from ..compiler import LOGGED_MARK, BackboneSpec, EngineCompiler, EngineCompileRequest, expected_build_inputs
+from .. import interrupt
+from ..cache import append_event, check_entry, entry_files
+from ..compiler import LOGGED_MARK, BackboneSpec, EngineCompiler, EngineCompileRequest, _event, expected_build_inputs
 from ..config import ProvisioningConfig
 from ..errors import NoGpuError, ProvisioningError
 from ..host import HostCapabilities
 from ..onnxinfo import write_pending_inspections
 from ..qualification import validation_matches
+from ..schema import EngineFilenameSchema
 from ..sidecar import Verification
 from .corpus import config_path, load_config_only, load_corpus
 from .filedep import Sha256FileChecker
@@ -163,10 +165,39 @@ def compile_backbone(
 
     The compiler is wired as :func:`~provisioning.compose.build_engine_compiler` wires it
     (the config's remote cache included), with the backend from ``backend_factory``.
+    SIGINT or SIGTERM stops it: the build unwinds (its partial files go), the backbone gets
+    an INTERRUPTED event and line, and :class:`~provisioning.interrupt.Interrupted` (a
+    SystemExit) ends doit with 130 or 143, from a ``-n`` worker too.
     """
+    configure_console_logging()
+    with interrupt.guard():  # SIGTERM would otherwise kill the process before any finally ran
+        try:
+            return _compile_backbone(spec, host, config, backend_factory)
+        except BaseException as exc:
+            stop = interrupt.interrupt_of(exc)
+            if stop is None:
+                raise
+            _report_interrupt(spec, host, Path(config.cache_dir), stop, recorded=getattr(exc, LOGGED_MARK, False))
+            raise stop from None
+
+
+def _report_interrupt(spec: BackboneSpec, host: HostCapabilities, cache: Path, stop: interrupt.Interrupted,
+                      recorded: bool) -> None:
+    """Once a stopped action unwound: sweep its partial files, the INTERRUPTED event, one line."""
+    engine_name = EngineFilenameSchema.build(spec, host)
+    interrupt.remove_own_temporaries(cache, engine_name)
+    if not recorded:  # stopped outside the build itself (hashing, the lock, a remote fetch): no event yet
+        append_event(cache, _event(spec.model_name, "INTERRUPTED", engine_name, None, stop.error_class,
+                                   host.identity_for(spec).host_key, reason=f"stopped by {stop.signal_name}"))
+    log.error("INTERRUPTED %s: stopped by %s; partial files removed", spec.model_name, stop.signal_name,
+              extra={"event": "result", "model_name": spec.model_name, "outcome": "INTERRUPTED",
+                     "error_class": stop.error_class})
+
+
+def _compile_backbone(spec: BackboneSpec, host: HostCapabilities, config: ProvisioningConfig,
+                      backend_factory: BackendFactory | None) -> Any:
     from doit.exceptions import TaskFailed
 
-    configure_console_logging()
     cache = Path(config.cache_dir)
     try:
         backend = (backend_factory or _default_backend)(host.backend)
@@ -232,6 +263,7 @@ def engine_tasks(
     replaces the backend (a module-level callable, so that it pickles for ``doit -n``).
     """
     path = config_path(os.fspath(config) if config is not None else None)
+    interrupt.install()  # doit's main process: Ctrl-C while it waits for `-n` workers exits 130, no traceback
     if basename not in _DEFAULT_TASKS:
         _DEFAULT_TASKS.append(basename)
     try:
