@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from .errors import BackendUnavailableError, HostProbeError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .compiler import BackboneSpec
+    from .specs import BackboneSpec
 
 ORT_DISTRIBUTIONS = (
     "onnxruntime",

@@ -19,7 +19,7 @@ from .manifest import manifest_bytes, manifest_path_for
 from .sidecar import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .compiler import BackboneSpec
+    from .specs import BackboneSpec
 
 
 def criteria_record(spec: "BackboneSpec") -> dict[str, Any]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .compiler import BackboneSpec
+    from .specs import BackboneSpec
     from .host import HostCapabilities
 
 ENGINE_SUFFIX = ".engine"

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_chec
 from ..sidecar import Payload
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..compiler import BackboneSpec
+    from ..specs import BackboneSpec
     from ..host import HostCapabilities
 
 

@@ -19,7 +19,7 @@ from .base import EngineOutput
 from .validation import run_engine
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..compiler import BackboneSpec
+    from ..specs import BackboneSpec
     from ..host import HostCapabilities
 
 

@@ -24,7 +24,7 @@ from ..qualification import criteria_record
 from .validation import _NUMPY_TYPES, TOLERANCES, _first_line, random_inputs
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..compiler import BackboneSpec
+    from ..specs import BackboneSpec
 
 RunEngine = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 REFERENCE = "source ONNX on ONNX Runtime CPUExecutionProvider, ORT_DISABLE_ALL"

@@ -40,7 +40,7 @@ from .trt_precision import PreparedModel, prepare_precision
 from .trt_runtime import LoadedEngine, deserialize, load_verified, no_gpu_error, run_inference
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..compiler import BackboneSpec
+    from ..specs import BackboneSpec
     from ..host import HostCapabilities
 
 __all__ = ["BUILD_LOG_SUFFIX", "LoadedEngine", "TensorRTBackend", "build_log_path", "compute_capability_targets",

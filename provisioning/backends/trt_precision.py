@@ -18,7 +18,7 @@ from ..errors import BackendError
 from .trt_features import PRECISION_ONNX_TYPES, TrtFeatures
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..compiler import BackboneSpec
+    from ..specs import BackboneSpec
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 _PROTOBUF_LIMIT = 1_800_000_000  # below protobuf's 2 GiB: larger models keep external data

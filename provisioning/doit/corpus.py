@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..compiler import BackboneSpec
+from ..specs import BackboneSpec
 from ..compose import build_backbone_specs, load_config, probe_host_for, resolve_backend
 from ..config import ProvisioningConfig
 from ..host import HostCapabilities

@@ -237,3 +237,21 @@ def test_unwritable_cache_folder_is_a_clear_error(setup, tmp_path):
     with pytest.raises(CacheError, match="cache"):
         EngineCompiler(CountingBackend()).compile_engines_for_corpus(
             EngineCompileRequest(backbones=specs, cache_dir=cache, host=HOST))
+
+
+def test_the_domain_records_live_below_the_compiler():
+    """specs.py imports nothing that imports the compiler: backends, schema and host depend on it one way."""
+    import ast
+
+    import provisioning.specs as specs
+
+    tree = ast.parse(open(specs.__file__).read())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert "compiler" not in imported
+    from provisioning import BackboneSpec, EngineCompileRequest
+    from provisioning.compiler import BackboneSpec as old_name
+
+    assert BackboneSpec is old_name is specs.BackboneSpec and EngineCompileRequest is specs.EngineCompileRequest
+    for module in ("schema", "host", "backends/base", "backends/tensorrt", "backends/onnxruntime"):
+        source = open(specs.__file__.replace("specs.py", module + ".py")).read()
+        assert "compiler import" not in source, module
