@@ -171,14 +171,20 @@ def test_stopped_build_cleans_up_reports_once_and_exits_128_plus_signal(tmp_path
 
     name = signal.Signals(signum).name
     assert code == 128 + signum, text
+    # Ctrl-C reaches the whole group, but doit's main process may terminate (SIGTERM) a worker
+    # before that worker handles its own SIGINT: either signal stops it cleanly.
+    names = {name, "SIGTERM"} if jobs > 1 and receiver == "group" else {name}
     interrupted = sorted(line for line in text.splitlines() if line.startswith("INTERRUPTED"))
-    assert interrupted == sorted(f"INTERRUPTED {m}: stopped by {name}; partial files removed" for m in stopped), text
+    assert len(interrupted) == len(stopped), text
+    for model, line in zip(sorted(stopped), interrupted):
+        assert line in {f"INTERRUPTED {model}: stopped by {n}; partial files removed" for n in names}, text
     assert not TRACEBACK.search(text) and "FAILED" not in text, text
     events = [e for e in project.events() if e.get("outcome") == "INTERRUPTED"]
     assert sorted(e["model_name"] for e in events) == sorted(stopped), events
     for event in events:
         assert event["pid"] in builders and event["engine"] == engines[event["model_name"]].name, event
-        assert event["error_class"] == ("KeyboardInterrupt" if signum == signal.SIGINT else "SIGTERM"), event
+        classes = {"KeyboardInterrupt" if n == "SIGINT" else "SIGTERM" for n in names}
+        assert event["error_class"] in classes, event
     assert _temporaries(project, builders) == []
     assert foreign.read_bytes() == b"another build", "another process's temporary file was removed"
     for model, engine in engines.items():  # nothing partial published: the old engines stand, verifying
