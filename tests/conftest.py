@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -52,6 +53,27 @@ class DoitProject:
         from provisioning.cache import read_events
 
         return read_events(self.cache)
+
+
+def package_dir(package: str) -> Path | None:
+    """Where an installed package lives, without importing it (silero_vad imports torch)."""
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def shipped_file(package: str, relative: str) -> Path:
+    """A model file a PyPI package ships (``silero_vad``, ``data/silero_vad.onnx``); skip without it."""
+    folder = package_dir(package)
+    path = folder / relative if folder is not None else None
+    if path is None or not path.is_file():
+        pytest.skip(f"{package} is not installed (or lacks {relative}); "
+                    f"pip install --no-deps {package.replace('_', '-')}")
+    return path
 
 
 def write_corpus_yaml(folder: Path, backbones: list[dict], **top) -> Path:

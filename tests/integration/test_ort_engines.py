@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -21,15 +20,13 @@ from provisioning import (
     load_config,
 )
 from provisioning.cache import read_events
-from tests.conftest import REPO, write_corpus_yaml
+from tests.conftest import REPO, package_dir, write_corpus_yaml
 
 
 def _silero_models() -> Path | None:
-    spec = importlib.util.find_spec("silero_vad")  # locates the package without importing torch
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(spec.submodule_search_locations[0]) / "data"
-    return folder if (folder / "silero_vad.onnx").is_file() else None
+    folder = package_dir("silero_vad")
+    folder = folder / "data" if folder is not None else None
+    return folder if folder is not None and (folder / "silero_vad.onnx").is_file() else None
 
 
 SILERO = _silero_models()

@@ -9,7 +9,6 @@ rebuilt, and a rebuild that misses them too publishes nothing.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ from provisioning.compose import build_compile_request, build_engine_compiler
 from provisioning.errors import ValidationFailed
 from provisioning.manifest import manifest_path_for
 from provisioning.sidecar import TEMP_SUFFIX, Sha256Sidecar
-from tests.conftest import write_corpus_yaml
+from tests.conftest import shipped_file, write_corpus_yaml
 from tests.integration.conftest import Project, outcomes, task_lines
 
 VAD_INPUTS = {"input": [1, 512], "state": [2, 1, 128]}
@@ -34,12 +33,7 @@ EMB_INT8 = {"model_name": "emb", "onnx": "models/emb.onnx", "precision": "int8"}
 
 
 def _silero_onnx() -> Path:
-    found = importlib.util.find_spec("silero_vad")
-    folder = Path(list(found.submodule_search_locations)[0]) if found and found.submodule_search_locations else None
-    path = folder / "data" / "silero_vad.onnx" if folder is not None else None
-    if path is None or not path.is_file():
-        pytest.skip("silero-vad is not installed (pip install --no-deps silero-vad)")
-    return path
+    return shipped_file("silero_vad", "data/silero_vad.onnx")
 
 
 def _configure(project: Project, *backbones: dict) -> None:

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from provisioning.compiler import BackboneSpec, EngineCompiler, EngineCompileRequest, EngineCompileSummary
 from provisioning.host import HostCapabilities
-from tests.conftest import CORPUS, DoitProject, write_corpus_yaml
+from tests.conftest import CORPUS, DoitProject, shipped_file, write_corpus_yaml
 
 TARGETS = ["sm86", "sm89", "sm120"]
 RTX_BACKBONES = [
@@ -170,42 +170,22 @@ def write_matmul_mismatch_model(path: Path) -> Path:
                  [numpy_helper.from_array(np.zeros((5, 4), np.float32), "w")])
 
 
-def _package_dir(package: str) -> Path | None:
-    """Where an installed package lives, without importing it (silero_vad imports torch)."""
-    try:
-        found = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if found is None or not found.submodule_search_locations:
-        return None
-    return Path(list(found.submodule_search_locations)[0])
-
-
-def _shipped(package: str, relative: str) -> Path:
-    folder = _package_dir(package)
-    path = folder / relative if folder is not None else None
-    if path is None or not path.is_file():
-        pytest.skip(f"{package} is not installed (or lacks {relative}); "
-                    f"pip install --no-deps {package.replace('_', '-')}")
-    return path
-
-
 @pytest.fixture(scope="session")
 def silero_vad_models() -> Path:
     """``silero_vad/data`` in site-packages (the ONNX files shipped in the wheel)."""
-    return _shipped("silero_vad", "data/silero_vad_16k_op15.onnx").parent
+    return shipped_file("silero_vad", "data/silero_vad_16k_op15.onnx").parent
 
 
 @pytest.fixture(scope="session")
 def rapidocr_det() -> Path:
     """rapidocr's PP-OCRv4 detector: x[p2o.DynamicDimension.0, 3, p2o.DynamicDimension.1, ...2]."""
-    return _shipped("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx")
+    return shipped_file("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx")
 
 
 @pytest.fixture(scope="session")
 def rapidocr_cls() -> Path:
     """rapidocr's direction classifier: x[None, 3, '?', '?'] (both spatial dims named '?')."""
-    return _shipped("rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx")
+    return shipped_file("rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx")
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ names, element types, shapes) from :func:`provisioning.build_backbone_specs`.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +14,14 @@ import yaml
 
 from provisioning import ConfigError, build_backbone_specs, load_config
 from provisioning.config import DEFAULT_MIN_COSINE, DEFAULT_VALIDATION_RUNS, ValidationCriteria
+from tests.conftest import shipped_file
 
 DET = {"model_name": "det", "onnx": "models/det.onnx"}  # images FLOAT [1, 3, 32, 32], static
 CLS_PROFILE = {"features": {"min": [1, 64], "opt": [8, 64], "max": [32, 64]}}  # features FLOAT [batch, 64]
 
 
 def _silero_onnx() -> Path:
-    found = importlib.util.find_spec("silero_vad")
-    folder = Path(list(found.submodule_search_locations)[0]) if found and found.submodule_search_locations else None
-    path = folder / "data" / "silero_vad.onnx" if folder is not None else None
-    if path is None or not path.is_file():
-        pytest.skip("silero-vad is not installed (pip install --no-deps silero-vad)")
-    return path
+    return shipped_file("silero_vad", "data/silero_vad.onnx")
 
 
 def _write(folder: Path, document) -> Path:
