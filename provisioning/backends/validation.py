@@ -1,8 +1,10 @@
-"""Numerical validation shared by backends: random inputs and a precision-aware comparison."""
+"""Pieces of validation shared by backends: seeded random inputs, tolerances, running an engine.
+
+The comparison with the source model and the report live in :mod:`.qualify`.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import BackendError
@@ -39,50 +41,6 @@ def random_inputs(inputs: Sequence[Any], shapes: Mapping[str, Any], seed: int = 
         else:
             feed[item.name] = rng.standard_normal(size=dims).astype(dtype)
     return feed
-
-
-def compare_outputs(names: Sequence[str], expected: Sequence[Any], actual: Sequence[Any], precision: str) -> list[str]:
-    """Mismatch descriptions (empty when every output matches within the precision's tolerance)."""
-    import numpy as np
-
-    rtol, atol = TOLERANCES.get(precision, TOLERANCES["fp32"])
-    problems = []
-    for name, want, got in zip(names, expected, actual):
-        want, got = np.asarray(want), np.asarray(got)
-        if want.shape != got.shape:
-            problems.append(f"output {name}: shape {got.shape} != {want.shape}")
-            continue
-        if want.dtype.kind in "fc":
-            if not np.allclose(got.astype("float64"), want.astype("float64"), rtol=rtol, atol=atol, equal_nan=True):
-                worst = float(np.max(np.abs(got.astype("float64") - want.astype("float64"))))
-                problems.append(f"output {name}: max abs difference {worst:.3g} over rtol={rtol}, atol={atol}")
-        elif not np.array_equal(want, got):
-            problems.append(f"output {name}: values differ")
-    return problems
-
-
-def run_reference(onnx_path: Path, feed: Mapping[str, Any], where: str) -> tuple[list[str], list[Any]]:
-    """The source model's outputs for ``feed`` on ONNX Runtime's CPU provider, unoptimised.
-
-    When the source model itself cannot run on the random feed (a shape it does not accept,
-    an input whose values matter, such as a sample rate), validation cannot judge the
-    engine: that is a clear failure of the build, never a silent pass.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        return names, session.run(names, dict(feed))
-    except Exception as exc:  # onnxruntime raises its own InvalidArgument/Fail/... types
-        shapes = ", ".join(f"{k} {list(getattr(v, 'shape', []))}" for k, v in feed.items())
-        raise BackendError(
-            f"{where}: validation cannot run the source model on random inputs ({shapes}): "
-            f"{_first_line(exc)}; give 'inputs' shapes the model accepts, or set validate: false"
-        ) from None
 
 
 def run_engine(session: Any, names: Sequence[str], feed: Mapping[str, Any], where: str) -> list[Any]:
