@@ -21,14 +21,26 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from filelock import FileLock
 
 from .errors import CacheError, UnsafePathError
-from .manifest import MANIFEST_SUFFIX, BuildInputs, explain_mismatch, manifest_path_for, read_manifest
+from .manifest import (
+    MANIFEST_SUFFIX,
+    BuildInputs,
+    built_by_newer_runtime,
+    explain_mismatch,
+    manifest_path_for,
+    read_manifest,
+)
+from .schema import EngineFilenameSchema
 from .sidecar import SIDECAR_SUFFIX, Sha256Sidecar, Verification
 from .verify import record_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .host import HostCapabilities
+    from .specs import BackboneSpec
 
 LOCK_DIR = ".locks"
 EVENTS_FILE = "events.jsonl"
@@ -115,6 +127,30 @@ def check_entry(
         manifest=manifest,
     )
     return EntryCheck(entry)
+
+
+def engine_path_for(cache_dir: Path, spec: "BackboneSpec", host: "HostCapabilities") -> Path:
+    """Where ``spec``'s engine for ``host`` lives: the canonical name, or the version-pinned one.
+
+    The canonical name, unless it is a shared TensorRT version-compatible name whose engine
+    a newer runtime built: this host cannot load that plan and must not replace it, so its
+    own engine is the version-pinned one beside it. Reads at most one small manifest; the
+    compiler, the doit checker, status, GC and ``resolve_engine`` all ask here.
+    """
+    shared = Path(cache_dir) / EngineFilenameSchema.build(spec, host)
+    if not (host.backend == "tensorrt" and spec.version_compatible):
+        return shared
+    want = {"backend": host.backend, "backend_version": host.backend_version,
+            "host": host.identity_for(spec).as_dict()}
+    return version_pinned_path(shared, want) or shared
+
+
+def version_pinned_path(engine_path: Path, expected: BuildInputs | Mapping[str, Any]) -> Path | None:
+    """The version-pinned path to use instead of ``engine_path``, when a newer runtime built the engine there."""
+    if not built_by_newer_runtime(read_manifest(engine_path), expected):
+        return None
+    version = expected.backend_version if isinstance(expected, BuildInputs) else expected["backend_version"]
+    return engine_path.with_name(EngineFilenameSchema.version_pinned(engine_path.name, version))
 
 
 def entry_files(engine_path: Path) -> tuple[Path, ...]:

@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol
 
 from .backends.base import CompileEngineCallable, EngineOutput
-from .cache import EngineCacheEntry, EntryCheck, append_event, check_entry, engine_lock, ensure_cache_dir
+from .cache import (
+    EngineCacheEntry,
+    EntryCheck,
+    append_event,
+    check_entry,
+    engine_lock,
+    engine_path_for,
+    ensure_cache_dir,
+    version_pinned_path,
+)
 from .errors import BackendError, CacheError, ConfigError, ValidationFailed
 from .host import HostCapabilities
 from .interrupt import interrupt_of
@@ -26,7 +35,6 @@ from .manifest import BuildInputs, make_manifest, manifest_bytes, manifest_path_
 from .miss import NO_ENGINE, explain_absent
 from .onnxinfo import onnx_digest, write_pending_inspections
 from .qualification import record_validation, validation_matches, validation_of, why_not_validated
-from .schema import EngineFilenameSchema
 from .specs import BackboneSpec, CompileOutcome, EngineCompileRequest, EngineCompileResult, EngineCompileSummary
 from .sidecar import TEMP_SUFFIX, Payload, Sha256Sidecar
 
@@ -165,9 +173,10 @@ class EngineCompiler:
         write_pending_inspections(request.cache_dir)  # the next run (or resolve) skips importing onnx
         return EngineCompileSummary(tuple(results))
 
-    def _compile_one(self, spec: BackboneSpec, request: EngineCompileRequest) -> EngineCompileResult:
+    def _compile_one(self, spec: BackboneSpec, request: EngineCompileRequest,
+                     engine_path: Path | None = None) -> EngineCompileResult:
         host = request.host
-        engine_path = request.cache_dir / EngineFilenameSchema.build(spec, host)
+        engine_path = engine_path or engine_path_for(request.cache_dir, spec, host)  # version-pinned: see cache
         # Hash the cached engine on another core while this one hashes the ONNX: a reuse
         # (the common case) costs the larger of the two reads, not their sum.
         engine_check = self._hasher().submit(Sha256Sidecar.check, engine_path)
@@ -182,6 +191,9 @@ class EngineCompiler:
         ensure_cache_dir(request.cache_dir)
         with engine_lock(engine_path):
             check = check_entry(engine_path, spec.model_name, expected)  # another process may have built it
+            pinned = None if check.hit else version_pinned_path(engine_path, expected)
+            if pinned is not None:  # a newer TensorRT's host built the shared -vc engine meanwhile: never replace it
+                return self._compile_one(spec, request, pinned)
             if check.hit:
                 revalidated, check = self._revalidate(spec, host, check, request, host_key)
                 if revalidated is not None:

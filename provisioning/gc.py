@@ -177,8 +177,13 @@ def plan_gc(
     max_size: int | None = None,
     keep_foreign: bool = False,
 ) -> GcPlan:
-    """Plan a GC: ``current`` are today's engine file names, ``host_keys`` this host's keys."""
+    """Plan a GC: ``current`` are today's engine file names, ``host_keys`` this host's keys.
+
+    A current version-pinned name keeps its shared ``-vc`` engine too: that one is a newer
+    TensorRT's, which this host cannot use but its newer neighbours do.
+    """
     current, host_keys = set(current), set(host_keys)
+    current |= {shared for shared in map(EngineFilenameSchema.shared_vc_name, current) if shared}
     items: list[GcItem] = []
     kept: list[CachedEngine] = []
     locked: list[CachedEngine] = []

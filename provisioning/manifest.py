@@ -4,6 +4,13 @@ Its ``inputs`` block is the reuse key as data: the ONNX digest (external data in
 the build settings, the host identity, the backend and its version. An engine is reused
 only when the recorded key equals today's, and a miss names the input that differed
 (as ccache explains a miss). Paths and labels are recorded for people, never compared.
+
+One input is ordered rather than equal: a TensorRT *version-compatible* plan loads on the
+runtime that built it and on any newer one of the same major, never on an older one. So
+for such an engine ``backend_version`` matches when the recorded release is older than or
+equal to today's (:func:`vc_builder_order`); a newer one is a miss whose reason starts with
+:data:`NEWER_VC_BUILDER`, and :func:`built_by_newer_runtime` says so to a caller that must
+not replace that engine (the compiler, the remote cache).
 """
 
 from __future__ import annotations
@@ -15,11 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .gpu import release_tuple
 from .sidecar import open_nofollow
 
 MANIFEST_SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
 _MAX_MANIFEST_BYTES = 1 << 20
+# the start of the one miss reason that means "valid, but for a newer runtime than this one"
+NEWER_VC_BUILDER = "built by a newer TensorRT"
 
 
 def manifest_path_for(engine_path: Path) -> Path:
@@ -74,10 +84,49 @@ def explain_mismatch(recorded: Mapping[str, Any] | None, expected: BuildInputs) 
         for key in sorted(set(old) | set(new)):
             if old.get(key) != new.get(key):
                 reasons.append(f"{label} '{key}' changed: {_short(old.get(key))} -> {_short(new.get(key))}")
-    for key in ("backend", "backend_version"):
-        if have.get(key) != want[key]:
-            reasons.append(f"{key} changed: {_short(have.get(key))} -> {_short(want[key])}")
+    if have.get("backend") != want["backend"]:
+        reasons.append(f"backend changed: {_short(have.get('backend'))} -> {_short(want['backend'])}")
+    order = vc_builder_order(have, want)
+    if order == "newer":
+        reasons.append(f"{NEWER_VC_BUILDER} {have.get('backend_version')} (a version-compatible plan loads only "
+                       f"on its own or a newer runtime; this host runs {want['backend_version']})")
+    elif order is None and have.get("backend_version") != want["backend_version"]:
+        reasons.append(f"backend_version changed: {_short(have.get('backend_version'))} -> "
+                       f"{_short(want['backend_version'])}")
     return reasons
+
+
+def vc_builder_order(have: Mapping[str, Any], want: Mapping[str, Any]) -> str | None:
+    """For two version-compatible TensorRT keys: 'older', 'equal' or 'newer' (the recorded builder's release).
+
+    None when the rule does not apply: not both TensorRT, not both version-compatible, a
+    release that is not numeric, or another major (the ``-vc`` name is per major), in which
+    case ``backend_version`` is compared for equality like every other input.
+    """
+    if not (have.get("backend") == want.get("backend") == "tensorrt"):
+        return None
+    hosts = (have.get("host"), want.get("host"))
+    if not all(isinstance(h, Mapping) and h.get("version_compatible") is True for h in hosts):
+        return None
+    old, new = (release_tuple(v) if isinstance(v, str) else () for v in (have.get("backend_version"),
+                                                                          want.get("backend_version")))
+    if not old or not new or old[0] != new[0]:
+        return None
+    return "older" if old < new else "equal" if old == new else "newer"
+
+
+def built_by_newer_runtime(recorded: Mapping[str, Any] | None, expected: BuildInputs | Mapping[str, Any]) -> bool:
+    """True when ``recorded`` is a version-compatible engine of a newer TensorRT than today's.
+
+    Such an engine is valid for the hosts that built it and must not be replaced from this
+    one: the compiler builds this host's own engine under the version-pinned name instead
+    (:meth:`~provisioning.schema.EngineFilenameSchema.version_pinned`), and a remote cache
+    leaves the remote entry in place. ``expected`` may be the ``inputs`` form (only its
+    ``backend``, ``backend_version`` and ``host`` are read).
+    """
+    have = recorded.get("inputs") if isinstance(recorded, Mapping) else None
+    want = expected.as_dict() if isinstance(expected, BuildInputs) else expected
+    return isinstance(have, Mapping) and vc_builder_order(have, want) == "newer"
 
 
 def _short(value: Any) -> str:

@@ -7,6 +7,14 @@
 Only the version may contain dots, so :meth:`EngineFilenameSchema.parse` splits from both
 ends and round-trips :meth:`EngineFilenameSchema.build`. A change of host, builder
 version or build setting gives another name: the old files are left untouched.
+
+A TensorRT version-compatible engine is named by the major only (``trt-10-vc``), so every
+10.x host shares it: whichever builds it first, older or equal runtimes' plans serve the
+newer ones. A host *older* than the builder of that shared engine cannot load it, and
+must not replace it (the newer hosts would lose their engine and rebuild it, and the two
+would take turns for ever): it keeps its own engine under the version-pinned name
+``trt-10.16.1.11-vc`` (:meth:`EngineFilenameSchema.version_pinned`), which garbage
+collection removes once that host has been upgraded.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,6 +74,31 @@ class EngineFilenameSchema:
                 settings_digest=settings_digest(spec.build_settings(host.backend)),
             )
         )
+
+    @staticmethod
+    def version_pinned(name: str, backend_version: str) -> str:
+        """The version-pinned form of a shared ``-vc`` name: ``trt-10-vc`` -> ``trt-10.16.1.11-vc``.
+
+        ValueError for a name that is not a shared version-compatible name (a plain name,
+        or one already pinned).
+        """
+        fields = EngineFilenameSchema.parse(name)
+        major = backend_version.split(".")[0]
+        if fields.version_tag != f"{major}-vc":
+            raise ValueError(f"{name!r} is not the shared version-compatible name of TensorRT {backend_version}")
+        return EngineFilenameSchema.compose(replace(fields, version_tag=f"{backend_version}-vc"))
+
+    @staticmethod
+    def shared_vc_name(name: str) -> str | None:
+        """The shared ``-vc`` name a version-pinned name stands beside (None: ``name`` is not pinned)."""
+        try:
+            fields = EngineFilenameSchema.parse(name)
+        except ValueError:
+            return None
+        version, vc, _ = fields.version_tag.partition("-vc")
+        if not vc or "." not in version:
+            return None
+        return EngineFilenameSchema.compose(replace(fields, version_tag=f"{version.split('.')[0]}-vc"))
 
     @staticmethod
     def compose(fields: ParsedEngineName) -> str:

@@ -10,7 +10,7 @@ from ..specs import BackboneSpec
 from ..compose import build_backbone_specs, load_config, probe_host_for, resolve_backend
 from ..config import ProvisioningConfig
 from ..host import HostCapabilities
-from ..schema import EngineFilenameSchema
+from ..cache import engine_path_for
 
 DEFAULT_CONFIG = "corpus/corpus.yaml"
 CONFIG_ENV = "PROVISIONING_CONFIG"
@@ -74,8 +74,8 @@ class LoadedCorpus:
         return Path(self.config.cache_dir)
 
     def engine_path(self, spec: BackboneSpec) -> Path:
-        """Where ``spec``'s engine for this host lives."""
-        return self.cache_dir / EngineFilenameSchema.build(spec, self.host)
+        """Where ``spec``'s engine for this host lives (the version-pinned name where the compiler uses it)."""
+        return engine_path_for(self.cache_dir, spec, self.host)
 
     def host_key(self, spec: BackboneSpec) -> str:
         """The host key ``spec``'s engine carries on this host."""

@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .. import interrupt
-from ..cache import append_event, check_entry, entry_files
+from ..cache import append_event, check_entry, engine_path_for, entry_files
 from ..compiler import LOGGED_MARK, BackboneSpec, EngineCompiler, EngineCompileRequest, _event, expected_build_inputs
 from ..config import ProvisioningConfig
 from ..errors import NoGpuError, ProvisioningError
 from ..host import HostCapabilities
 from ..onnxinfo import write_pending_inspections
 from ..qualification import validation_matches
-from ..schema import EngineFilenameSchema
 from ..sidecar import Verification
 from .corpus import config_path, load_config_only, load_corpus
 from .filedep import Sha256FileChecker
@@ -184,7 +183,7 @@ def compile_backbone(
 def _report_interrupt(spec: BackboneSpec, host: HostCapabilities, cache: Path, stop: interrupt.Interrupted,
                       recorded: bool) -> None:
     """Once a stopped action unwound: sweep its partial files, the INTERRUPTED event, one line."""
-    engine_name = EngineFilenameSchema.build(spec, host)
+    engine_name = engine_path_for(cache, spec, host).name
     interrupt.remove_own_temporaries(cache, engine_name)
     if not recorded:  # stopped outside the build itself (hashing, the lock, a remote fetch): no event yet
         append_event(cache, _event(spec.model_name, "INTERRUPTED", engine_name, None, stop.error_class,

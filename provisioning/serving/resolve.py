@@ -16,14 +16,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..cache import EngineCacheEntry, check_entry
+from ..cache import EngineCacheEntry, check_entry, engine_path_for
 from ..compiler import EngineCompileRequest, expected_build_inputs
 from ..compose import build_backbone_specs, build_engine_compiler, probe_host_for, resolve_backend
 from ..config import ProvisioningConfig, load_config
 from ..errors import BackendError, ConfigError, EngineNotReadyError
 from ..manifest import explain_mismatch, read_manifest
 from ..onnxinfo import write_pending_inspections
-from ..schema import EngineFilenameSchema
 from ..sidecar import open_nofollow
 from ..verify import verify_engine
 
@@ -50,7 +49,7 @@ def resolve_engine(config: str | os.PathLike[str] | ProvisioningConfig, model_na
     host = probe_host_for(one, backend)
     (spec,) = build_backbone_specs(one, backend, host=host)
     cache_dir = Path(loaded.cache_dir)
-    engine_path = cache_dir / EngineFilenameSchema.build(spec, host)
+    engine_path = engine_path_for(cache_dir, spec, host)
     expected = expected_build_inputs(spec, host)
     check = check_entry(engine_path, model_name, expected, verify=lambda p: verify_engine(p, loaded.verify))
     if check.hit:
