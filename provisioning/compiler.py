@@ -6,6 +6,7 @@ it never probes the host (the request carries :class:`HostCapabilities`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -15,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from .backends.base import CompileEngineCallable, EngineOutput
 from .cache import (
@@ -36,7 +37,7 @@ from .miss import NO_ENGINE, explain_absent
 from .onnxinfo import onnx_digest, write_pending_inspections
 from .qualification import record_validation, validation_matches, validation_of, why_not_validated
 from .specs import BackboneSpec, CompileOutcome, EngineCompileRequest, EngineCompileResult, EngineCompileSummary
-from .sidecar import TEMP_SUFFIX, Payload, Sha256Sidecar
+from .sidecar import TEMP_SUFFIX, Payload, Sha256Sidecar, Verification
 
 log = logging.getLogger("provisioning.compiler")
 # set on an exception whose FAILED line the compiler logged, so that a caller does not repeat it
@@ -70,9 +71,9 @@ def expected_build_inputs(spec: BackboneSpec, host: HostCapabilities, onnx_sha25
     )
 
 
-def _onnx_digest(spec: BackboneSpec) -> str:
+def _onnx_digest(spec: BackboneSpec, digest: Callable[[BackboneSpec], str] | None = None) -> str:
     try:
-        return onnx_digest(spec.onnx_path, spec.external_data)
+        return digest(spec) if digest is not None else onnx_digest(spec.onnx_path, spec.external_data)
     except FileNotFoundError as exc:
         raise ConfigError(
             f"backbone {spec.model_name}: ONNX input {exc.filename or spec.onnx_path} disappeared; "
@@ -150,10 +151,16 @@ class EngineCompiler:
         *,
         heartbeat_s: float = 5.0,
         remote: RemoteEngineCache | None = None,
+        verify: Callable[[Path], Verification] | None = None,
+        onnx_sha256: Callable[[BackboneSpec], str] | None = None,
     ) -> None:
+        """``verify`` and ``onnx_sha256`` replace hashing the cached engine and the ONNX (a
+        caller that hashed them ahead, on other cores: doit's checkers, see provisioning.doit)."""
         self._backend = backend
         self._heartbeat_s = heartbeat_s
         self._remote = remote
+        self._verify = verify or Sha256Sidecar.check
+        self._onnx_sha256 = onnx_sha256
         self._pool: ThreadPoolExecutor | None = None
 
     def _hasher(self) -> ThreadPoolExecutor:
@@ -179,9 +186,9 @@ class EngineCompiler:
         engine_path = engine_path or engine_path_for(request.cache_dir, spec, host)  # version-pinned: see cache
         # Hash the cached engine on another core while this one hashes the ONNX: a reuse
         # (the common case) costs the larger of the two reads, not their sum.
-        engine_check = self._hasher().submit(Sha256Sidecar.check, engine_path)
+        engine_check = self._hasher().submit(self._verify, engine_path)
         try:
-            expected = expected_build_inputs(spec, host)
+            expected = expected_build_inputs(spec, host, _onnx_digest(spec, self._onnx_sha256))
         finally:
             verification = engine_check.result()
         host_key = host.identity_for(spec).host_key
@@ -288,9 +295,10 @@ class EngineCompiler:
             # a file the backend left in its scratch folder is on the cache's file system: move it
             movable = isinstance(payload, Path) and scratch in Path(os.path.abspath(payload)).parents
             try:
-                sha256, size = Sha256Sidecar.write_atomic_and_sidecar(
-                    engine_path, payload, before_commit=manifest_companion, move=movable
-                )
+                with _flushing(payload):
+                    sha256, size = Sha256Sidecar.write_atomic_and_sidecar(
+                        engine_path, payload, before_commit=manifest_companion, move=movable
+                    )
             except OSError as exc:  # ENOSPC, EFBIG, EROFS, EIO: say where, and what to do
                 raise _write_error(spec.model_name, engine_path, exc) from None
             published.update(sha256=sha256, size=size, duration=duration)
@@ -356,6 +364,37 @@ class EngineCompiler:
                    None, host_key, source=result.source, miss_reasons=list(result.miss_reasons), **extra),
         )
         return result
+
+
+@contextlib.contextmanager
+def _flushing(payload: Payload) -> Iterator[None]:
+    """While the publish hashes the backend's file (from the page cache), write it to disk in a thread.
+
+    The publish's own fsync then waits only for what is left: hashing and writing back
+    overlap instead of following each other (an I/O-bound build writes 100 MB engines).
+    """
+    if not isinstance(payload, Path):
+        yield
+        return
+    try:
+        fd = os.open(payload, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:  # the publish reports its own error
+        yield
+        return
+
+    def flush() -> None:
+        try:
+            os.fsync(fd)  # fsync through any descriptor writes back the file's dirty pages
+        except OSError:
+            pass
+
+    flusher = threading.Thread(target=flush, name="engine-flush", daemon=True)
+    flusher.start()
+    try:
+        yield
+    finally:
+        flusher.join()
+        os.close(fd)
 
 
 def _write_error(model_name: str, engine_path: Path, exc: OSError) -> CacheError:

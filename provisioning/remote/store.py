@@ -53,7 +53,25 @@ def _transport(exc: BaseException) -> RemoteUnavailable:
 
 
 class RemoteStore:
-    """One bucket prefix; every call is bounded by ``timeout`` seconds."""
+    """One bucket prefix.
+
+    Calls that move bytes (reads, downloads, uploads) are bounded by a *stall* timeout: the
+    ``timeout`` / ``stall_s`` argument is the longest they may go without a byte moving, so
+    a large object over a slow link completes while a dead or hung server fails within it
+    (RemoteUnavailable, ``__cause__`` a TimeoutError). Calls that move no bytes (size,
+    listings, deletes) must complete within ``timeout``. See :mod:`.transfer`.
+    """
+
+    #: downloads: objects up to this size take one GET; larger ones parallel ranged GETs
+    single_get_bytes = 16 << 20
+    #: downloads: the size of one ranged GET, and how many are in flight; at most
+    #: ``download_concurrency * download_part_bytes`` bytes are held in memory
+    download_part_bytes = 16 << 20
+    download_concurrency = 4
+    #: uploads: files up to this size take one PUT; larger ones a multipart upload
+    single_put_bytes = 32 << 20
+    upload_part_bytes = 16 << 20
+    upload_concurrency = 4
 
     def __init__(self, fs: Any, root: str, *, is_async: bool, url: str) -> None:
         self.fs = fs
@@ -122,24 +140,87 @@ class RemoteStore:
         except Exception as exc:
             raise _transport(exc) from exc
 
-    def read_small(self, path: str, limit: int, timeout: float) -> bytes | None:
-        """The bytes of a small object, None when absent; RemoteContentError above ``limit``."""
+    def _bucket_key(self, path: str) -> tuple[str, str]:
+        bucket, _, key = path.partition("/")
+        return bucket, key
+
+    def _stream(self, factory: Callable[..., Any], stall_s: float, what: str) -> Any:
+        """Run ``factory(ticker)`` (a coroutine) on s3fs's loop under a stall watchdog.
+
+        No total timeout: the watchdog cancels it after ``stall_s`` without a tick. Absent
+        objects stay FileNotFoundError, a local write error its OSError; anything else
+        from the transport is a RemoteUnavailable.
+        """
+        from fsspec.asyn import sync
+
+        from . import transfer
+
+        ticker = transfer.Ticker()
         try:
-            data = self._call(self.fs.cat_file, path, start=0, end=limit + 1, **self._kw(timeout))
-        except FileNotFoundError:
-            return None
-        if len(data) > limit:
-            raise RemoteContentError(f"larger than {limit} bytes")
-        return bytes(data)
+            return sync(self.fs.loop, transfer.watched, lambda: factory(ticker), max(0.1, stall_s), ticker, what)
+        except (FileNotFoundError, RemoteContentError, RemoteUnavailable, ConditionalWriteUnsupported):
+            raise
+        except transfer.LocalWriteError as exc:
+            raise exc.error from None
+        except Exception as exc:
+            raise _transport(exc) from exc
+
+    def read_small(self, path: str, limit: int, timeout: float) -> bytes | None:
+        """The bytes of a small object, None when absent; RemoteContentError above ``limit``.
+
+        Streamed with a hard cap: never more than ``limit + 1`` bytes (plus one chunk) are
+        held, whatever the server sends; Content-Length / Content-Range are checked first.
+        """
+        found = self.read_small_tagged(path, limit, timeout)
+        return None if found is None else found[0]
+
+    def read_small_tagged(self, path: str, limit: int,
+                          timeout: float) -> tuple[bytes, float | None, str | None] | None:
+        """Like :meth:`read_small`, with the server's last-modified epoch and ETag, from one GET.
+
+        The ETag is the server's, quoted as sent; pass it unchanged to :meth:`delete_if_match`.
+        """
+        from . import transfer
+
+        bucket, key = self._bucket_key(path)
+        return self._stream(lambda ticker: transfer.s3_read_capped(self.fs, bucket, key, limit, ticker),
+                            timeout, "read")
 
     def read_small_info(self, path: str, limit: int, timeout: float) -> tuple[bytes, float | None] | None:
         """Like :meth:`read_small`, with the object's last-modified time (the server's clock)."""
+        found = self.read_small_tagged(path, limit, timeout)
+        return None if found is None else (found[0], found[1])
+
+    def download(self, path: str, fd: int, size: int, sha256_hex: str, stall_s: float, *,
+                 progress: Callable[[int], None] | None = None) -> None:
+        """Write the ``size`` bytes of an object into ``fd`` (at offsets; not closed here).
+
+        One GET up to :attr:`single_get_bytes`, else parallel ranged GETs of
+        :attr:`download_part_bytes`, :attr:`download_concurrency` in flight, pinned to the
+        first part's ETag. Bytes are hashed in order as they arrive (one pass, the file is
+        never read back); memory stays under ``download_concurrency * download_part_bytes``.
+        RemoteContentError when the object is shorter or longer than ``size``, a response's
+        Content-Range / Content-Length does not match its request, the object changes
+        mid-download, or the SHA-256 differs ("engine bytes do not match the sidecar").
+        RemoteUnavailable on transport failures and after ``stall_s`` without progress;
+        OSError when writing ``fd`` fails. ``progress`` is
+        called with the bytes received so far.
+        """
+        from . import transfer
+
+        bucket, key = self._bucket_key(path)
+        sink = transfer.OrderedHasher(fd, size, progress)
+
+        def fetch(ticker):
+            return transfer.s3_download(self.fs, bucket, key, sink, ticker, part_bytes=self.download_part_bytes,
+                                        concurrency=self.download_concurrency,
+                                        single_get_bytes=self.single_get_bytes)
+
         try:
-            info = self._call(self.fs.info, path, **self._kw(timeout))
+            self._stream(fetch, stall_s, "download")
         except FileNotFoundError:
-            return None
-        data = self.read_small(path, limit, timeout)
-        return None if data is None else (data, modified_epoch(info))
+            raise RemoteContentError("is absent (removed while being fetched)") from None
+        sink.finish(sha256_hex)
 
     def size(self, path: str, timeout: float) -> int | None:
         """The size of an object, None when absent."""
@@ -157,9 +238,42 @@ class RemoteStore:
         """Create or replace an object."""
         self._call(self.fs.pipe_file, path, data, **self._kw(timeout))
 
+    def _upload(self, path: str, local: str, timeout: float, exclusive: bool) -> bool:
+        from . import transfer
+
+        bucket, key = self._bucket_key(path)
+
+        def upload(ticker):
+            return transfer.s3_upload(self.fs, bucket, key, local, ticker, exclusive=exclusive,
+                                      part_bytes=self.upload_part_bytes, concurrency=self.upload_concurrency,
+                                      single_put_bytes=self.single_put_bytes, stall_s=max(0.1, timeout))
+
+        try:
+            return bool(self._stream(upload, timeout, "upload"))
+        except RemoteUnavailable as exc:
+            verdict = transfer.conditional_failure(exc.__cause__) if exclusive and exc.__cause__ else None
+            if verdict == "exists":
+                return False
+            if verdict == "unsupported":
+                raise ConditionalWriteUnsupported(str(exc)) from None
+            raise
+
     def put_file(self, path: str, local: str, timeout: float) -> None:
-        """Upload a local file (multipart for large ones, s3fs decides)."""
-        self._call(self.fs.put_file, local, path, **self._kw(timeout))
+        """Upload a local file: one PUT up to :attr:`single_put_bytes`, else multipart.
+
+        ``timeout`` is a stall timeout (no byte sent for that long), not a total.
+        """
+        self._upload(path, local, timeout, exclusive=False)
+
+    def put_file_exclusive(self, path: str, local: str, timeout: float) -> bool:
+        """Upload a local file only if ``path`` is absent (``If-None-Match: *``); False when it exists.
+
+        The condition rides on the PUT, or on CompleteMultipartUpload for a multipart
+        upload (after a HEAD that skips the upload when the object already exists).
+        ConditionalWriteUnsupported when the server refuses conditional writes (501 /
+        NotImplemented); a server that silently ignores the header cannot be told apart.
+        """
+        return self._upload(path, local, timeout, exclusive=True)
 
     def create_exclusive(self, path: str, data: bytes, timeout: float) -> bool:
         """Create an object only if absent (``If-None-Match: *``); False when it exists."""
@@ -171,6 +285,30 @@ class RemoteStore:
             if (isinstance(exc, OSError) and exc.errno == errno.EINVAL) or "NotImplemented" in str(exc):
                 raise ConditionalWriteUnsupported(str(exc).splitlines()[0] if str(exc) else "") from None
             raise _transport(exc) from exc
+        return True
+
+    def delete_if_match(self, path: str, etag: str, timeout: float) -> bool:
+        """Delete an object only if its ETag is still ``etag`` (DeleteObject ``If-Match``).
+
+        True when deleted; False when the object changed (412) or is absent (404).
+        ConditionalWriteUnsupported when the server answers 501 / NotImplemented. A server
+        that ignores ``If-Match`` on DeleteObject (S3 has honoured it since 2024; check
+        other implementations) deletes unconditionally; that cannot be detected here.
+        """
+        from . import transfer
+
+        bucket, key = self._bucket_key(path)
+        try:
+            self._stream(lambda ticker: transfer.s3_delete_if_match(self.fs, bucket, key, etag), timeout, "delete")
+        except FileNotFoundError:
+            return False
+        except RemoteUnavailable as exc:
+            verdict = transfer.conditional_failure(exc.__cause__) if exc.__cause__ is not None else None
+            if verdict == "exists":
+                return False
+            if verdict == "unsupported":
+                raise ConditionalWriteUnsupported(str(exc)) from None
+            raise
         return True
 
     def delete(self, paths: list[str], timeout: float) -> None:
