@@ -45,7 +45,8 @@ if TYPE_CHECKING:  # pragma: no cover
 LOCK_DIR = ".locks"
 EVENTS_FILE = "events.jsonl"
 BUILD_LOG_SUFFIX = ".build.log"  # a backend's log of the build, kept beside the engine
-COMPANION_SUFFIXES = (SIDECAR_SUFFIX, MANIFEST_SUFFIX, BUILD_LOG_SUFFIX)
+COMMIT_SUFFIX = ".commit"  # the remote commit record (signature) beside a fetched engine
+COMPANION_SUFFIXES = (SIDECAR_SUFFIX, MANIFEST_SUFFIX, BUILD_LOG_SUFFIX, COMMIT_SUFFIX)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 log = logging.getLogger("provisioning.cache")
 

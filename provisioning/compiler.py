@@ -91,6 +91,7 @@ class RemoteFetch:
 
     bytes: int
     seconds: float
+    key_id: str | None = None  # the key whose commit record vouched for it ("unsigned" in an unsigned fleet)
 
 
 class RemoteEngineCache(Protocol):
@@ -221,7 +222,7 @@ class EngineCompiler:
                     if remote_check.hit and revalidated is not None:
                         result = replace(revalidated, miss_reasons=check.reasons)
                         return self._finish(request, host_key, result, fetch_bytes=fetched.bytes,
-                                            fetch_seconds=round(fetched.seconds, 3))
+                                            fetch_seconds=round(fetched.seconds, 3), fetch_key_id=fetched.key_id)
             entry, duration = self._build(spec, host, engine_path, expected, request, host_key, check.reasons)
         if self._remote is not None:
             self._remote.publish(entry)

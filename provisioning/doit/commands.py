@@ -81,11 +81,18 @@ class EnginesStatus(_EnginesCommand):
 
     name = "engines-status"
     doc_purpose = "show each backbone's engine: fresh, missing, stale (and why), corrupt, or foreign"
-    doc_usage = "[--json] [--config PATH]"
-    doc_description = "Exit code 0 when every backbone is fresh, 1 when something would be (re)built."
-    cmd_options = (opt_config, opt_json)
+    doc_usage = "[--json] [--verify-signatures] [--config PATH]"
+    doc_description = ("Exit code 0 when every backbone is fresh, 1 when something would be (re)built. "
+                       "--verify-signatures re-checks the commit records kept beside fetched engines against "
+                       "today's trusted keys (exit 1 when a revoked or bad one is found).")
+    cmd_options = (opt_config, opt_json, {
+        "name": "verify_signatures", "long": "verify-signatures", "type": bool, "default": False,
+        "help": "re-check fetched engines' signatures against today's signing_key and trusted_keys",
+    })
 
     def run(self, params: dict[str, Any]) -> int:
+        if params.get("verify_signatures"):
+            return self._signatures(params)
         if not params["json"]:
             return self._status(params)
         try:
@@ -125,6 +132,19 @@ class EnginesStatus(_EnginesCommand):
             if remote is not None:
                 print(f"remote {remote['url']}: " + ", ".join(f"{m} {st}" for m, st in remote["states"].items()))
         return 0 if totals["fresh"] == totals["backbones"] else 1
+
+    def _signatures(self, params: dict[str, Any]) -> int:
+        from ..remote.recheck import REJECTED, recheck_signatures
+
+        corpus = load_corpus(self.config_path(params))
+        rows = recheck_signatures(corpus.config, ((s.model_name, corpus.engine_path(s)) for s in corpus.specs))
+        if params["json"]:
+            print(json.dumps({"signatures": [r.as_dict() for r in rows]}, indent=2))
+        else:
+            width = max((len(r.model_name) for r in rows), default=5)
+            for row in rows:
+                print(f"{row.model_name:<{width}}  {row.state.upper():<10}  {row.detail}")
+        return 1 if any(r.state == REJECTED for r in rows) else 0
 
     @staticmethod
     def _unprobed(path: Any, exc: ProvisioningError, as_json: bool, origin: str) -> int:
@@ -275,8 +295,16 @@ def _remote_states(corpus: Any) -> dict[str, Any] | None:
         return None
     from ..remote.report import remote_states  # fsspec loads only for configs with a remote
 
-    return remote_states(corpus.config, ((s.model_name, corpus.host_key(s), corpus.engine_path(s).name)
-                                         for s in corpus.specs))
+    return remote_states(corpus.config, ((s.model_name, corpus.host_key(s), corpus.engine_path(s).name,
+                                          _inputs_digest(corpus, s)) for s in corpus.specs))
+
+
+def _inputs_digest(corpus: Any, spec: Any) -> str:
+    """The remote key's inputs digest of ``spec`` today (hashes its ONNX)."""
+    from ..compiler import expected_build_inputs
+    from ..remote.layout import inputs_digest
+
+    return inputs_digest(expected_build_inputs(spec, corpus.host))
 
 
 def _remote_gc(params: dict[str, Any], path: Any) -> int:
@@ -284,8 +312,8 @@ def _remote_gc(params: dict[str, Any], path: Any) -> int:
     from ..remote.report import remote_gc
 
     corpus = load_corpus(path)
-    report = remote_gc(corpus.config, {corpus.host_key(s) for s in corpus.specs}, engine_file_names(corpus),
-                       apply=params["apply"])
+    current = [(corpus.engine_path(s).name, _inputs_digest(corpus, s)) for s in corpus.specs]
+    report = remote_gc(corpus.config, {corpus.host_key(s) for s in corpus.specs}, current, apply=params["apply"])
     if report is None:
         return _error(f"engines-gc --remote: {corpus.config.config_path} has no enabled remote: block", USAGE_ERROR)
     print(json.dumps(report.as_dict(), indent=2) if params["json"] else report.render(human_bytes))

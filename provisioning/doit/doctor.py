@@ -309,16 +309,17 @@ def _remote_check(config: Any) -> Check:
     """The remote: the block parses, the signing key loads (its id), the bucket answers a listing."""
     name = "remote"
     try:
-        from ..remote import remote_config_of
-        from ..remote.signing import EntrySigner
+        from ..remote import key_ring, remote_config_of
         from ..remote.store import RemoteStore
 
         remote = remote_config_of(config)
         if remote is None or not remote.enabled:
             return _ok(name, "configured, mode off")
+        ring = key_ring(remote)
         key = ""
-        if remote.signing_key is not None:
-            key = f", signing key id {EntrySigner(remote.signing_key, str(config.config_path)).key_id}"
+        if ring is not None:
+            signs = f"signs as key id {ring.signing_id}, " if ring.signing_id else ""
+            key = f", {signs}trusts key id(s) {', '.join(ring.keys)}, namespace {remote.namespace}"
         store = RemoteStore.open(remote)
         store.list_dir(store.root, timeout=10)
     except ProvisioningError as exc:

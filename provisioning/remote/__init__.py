@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .admin import RemoteGcItem, RemoteGcPlan, apply_remote_gc, plan_remote_gc, remote_entry_status
 from .cache import RemoteCache
 from .config import RemoteConfig, SigningKeyConfig, parse_remote_config
-from .signing import EntrySigner
+from .signing import EntrySigner, KeyRing
 from .store import RemoteStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "EntrySigner",
+    "KeyRing",
     "RemoteCache",
     "RemoteConfig",
     "RemoteGcItem",
@@ -26,6 +27,7 @@ __all__ = [
     "RemoteStore",
     "SigningKeyConfig",
     "apply_remote_gc",
+    "key_ring",
     "make_remote_cache",
     "parse_remote_config",
     "plan_remote_gc",
@@ -46,5 +48,14 @@ def make_remote_cache(config: "ProvisioningConfig") -> RemoteCache | None:
     remote = remote_config_of(config)
     if remote is None or not remote.enabled:
         return None
-    signer = EntrySigner(remote.signing_key, str(config.config_path)) if remote.signing_key else None
-    return RemoteCache(remote, RemoteStore.open(remote), signer)
+    return RemoteCache(remote, RemoteStore.open(remote), key_ring(remote))
+
+
+def key_ring(remote: RemoteConfig) -> KeyRing | None:
+    """The keys of ``remote`` loaded (ConfigError names the field and the source); None for an unsigned fleet."""
+    where = str(remote.config_path)
+    signer = EntrySigner(remote.signing_key, where) if remote.signing_key else None
+    trusted = [EntrySigner(key, where, f"trusted_keys[{i}]") for i, key in enumerate(remote.trusted_keys)]
+    if signer is None and not trusted:
+        return None
+    return KeyRing(signer, trusted)

@@ -1,32 +1,48 @@
 """Status and garbage collection on the bucket, as plans that are then applied.
 
-``remote_entry_status`` answers "does the remote have this host's entry?" (the sidecar is
-the commit point, so an engine without it reads as ``incomplete``). ``plan_remote_gc``
-lists what would go, with the bytes freed and a reason per entry, touching nothing;
-``apply_remote_gc`` deletes exactly that plan (sidecar first, so a half-deleted entry is
-already absent to every reader).
+``remote_entry_status`` answers "does the remote have this host's entry for today's
+inputs?" (the commit record is the commit point, so parts without one read as
+``incomplete``). ``plan_remote_gc`` lists what would go, with the bytes freed and a
+reason per item, touching nothing; ``apply_remote_gc`` deletes exactly that plan (commit
+records first, so a half-deleted entry is already absent to every reader).
+
+gc touches only what its own corpus could have made, and says how it decided:
+
+- orphaned parts of today's entries (engine or manifest objects no commit record names,
+  older than an hour: the loser of an upload race, or a replaced entry);
+- abandoned uploads (parts without any commit record for over an hour);
+- superseded entries: same host key and a model of this corpus, other inputs, *and* a
+  manifest whose ``build.corpus`` is this config's ``remote.corpus``. Without
+  ``remote.corpus`` such entries are kept and listed, since another corpus sharing the
+  bucket (or a roll-out in progress) may be using them;
+- host keys no read-write client has touched for ``host_max_age_days``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
 from ..schema import EngineFilenameSchema
+from .layout import COMMIT_DIR, ENGINE_DIR, LEASE, MANIFEST_DIR, EntryPaths
 from .lease import read_lease
-from .store import ENGINE, LEASE, SEEN, SIDECAR, RemoteContentError, RemoteStore, modified_epoch
+from .signing import MAX_COMMIT_BYTES, UNSIGNED, Unverified, parse_body, split_record
+from .store import SEEN, RemoteContentError, RemoteStore, modified_epoch, shown
 
 PRESENT, ABSENT, INCOMPLETE, UNREACHABLE = "present", "absent", "incomplete", "unreachable"
-_STALE_INCOMPLETE_S = 3600.0  # an upload without a sidecar this old is abandoned
+_STALE_S = 3600.0  # an upload without a commit record this old is abandoned
+_MAX_MANIFEST = 1 << 20
 
 
-def remote_entry_status(store: RemoteStore, host_key: str, engine_name: str, timeout_s: float) -> str:
-    """``present``, ``absent``, ``incomplete`` (parts without a sidecar) or ``unreachable``."""
+def remote_entry_status(store: RemoteStore, paths: EntryPaths, commit_ids: Iterable[str], timeout_s: float) -> str:
+    """``present`` (a commit record of a key in ``commit_ids``), ``absent``, ``incomplete`` or ``unreachable``."""
     try:
-        if store.size(store.entry_path(host_key, engine_name, SIDECAR), timeout_s) is not None:
-            return PRESENT
-        if store.size(store.entry_path(host_key, engine_name, ENGINE), timeout_s) is not None:
+        for key_id in commit_ids:
+            if store.size(paths.commit(key_id), timeout_s) is not None:
+                return PRESENT
+        if store.list_dir(f"{paths.base}/{ENGINE_DIR}", timeout_s):
             return INCOMPLETE
         return ABSENT
     except RemoteContentError:  # a link, FIFO or folder where an object belongs: not a usable entry
@@ -37,7 +53,7 @@ def remote_entry_status(store: RemoteStore, host_key: str, engine_name: str, tim
 
 @dataclass(frozen=True)
 class RemoteGcItem:
-    """One entry (or whole host folder) the plan would delete."""
+    """One entry, part or whole host folder the plan would delete."""
 
     path: str
     objects: tuple[str, ...]
@@ -47,7 +63,7 @@ class RemoteGcItem:
 
 @dataclass(frozen=True)
 class RemoteGcPlan:
-    """What ``apply_remote_gc`` would delete, and what it keeps on purpose."""
+    """What ``apply_remote_gc`` would delete, and what it keeps on purpose (with why)."""
 
     items: tuple[RemoteGcItem, ...] = ()
     kept: tuple[str, ...] = field(default=())
@@ -61,49 +77,75 @@ class RemoteGcPlan:
 def plan_remote_gc(
     store: RemoteStore,
     host_key: str,
-    current: Iterable[str],
+    current: Iterable[tuple[str, str]],
     *,
     host_max_age_s: float,
     timeout_s: float,
     now: float | None = None,
     lease_s: float = 30.0,
+    corpus: str | None = None,
 ) -> RemoteGcPlan:
-    """Plan removals: this host key's superseded and abandoned entries, and hosts not seen for ``host_max_age_s``.
+    """Plan removals for this host key's entries, and for host keys not seen for ``host_max_age_s``.
 
-    ``current`` are today's canonical engine names of the corpus on this host. An entry of
-    this host key is superseded when its model is in the corpus under another name (an old
-    builder version or settings); models the corpus does not name are left alone, since
-    another corpus may share the bucket. Entries with a live lease are never planned.
+    ``current`` are today's ``(engine name, inputs digest)`` pairs of the corpus on this
+    host; ``corpus`` is ``remote.corpus`` (None: superseded entries cannot be told from
+    another corpus's, so they are kept).
     """
     now = time.time() if now is None else now
     current = set(current)
-    models = {_model(name) for name in current} - {None}
+    models = {_model(name) for name, _ in current} - {None}
     objects = store.find(store.root, timeout_s)
-    by_entry: dict[tuple[str, str], dict[str, dict]] = {}
+    entries: dict[tuple[str, str, str], dict[str, dict]] = {}
     by_host: dict[str, dict[str, dict]] = {}
+    legacy: set[tuple[str, str]] = set()
     prefix = store.root + "/"
     for path, info in objects.items():
         rel = path[len(prefix):] if path.startswith(prefix) else path
         parts = rel.split("/")
         by_host.setdefault(parts[0], {})[path] = info
-        if len(parts) == 3:
-            by_entry.setdefault((parts[0], parts[1]), {})[parts[2]] = info
-    items, kept = [], []
-    for (host, name), parts in sorted(by_entry.items()):
-        if host != host_key or name in current:
+        if len(parts) >= 4:
+            entries.setdefault((parts[0], parts[1], parts[2]), {})["/".join(parts[3:])] = info
+        elif len(parts) == 3:
+            legacy.add((parts[0], parts[1]))
+    items: list[RemoteGcItem] = []
+    kept: list[str] = []
+    for (host, name, digest), parts in sorted(entries.items()):
+        if host != host_key:
+            continue
+        paths = EntryPaths(store, host, name, digest)
+        commits = {k.split("/", 1)[1]: v for k, v in parts.items() if k.startswith(COMMIT_DIR + "/")}
+        newest = max((modified_epoch(i) or now for i in parts.values()), default=now)
+        live = LEASE in parts and _lease_live(store, paths.lease, timeout_s, now, lease_s)
+        if (name, digest) in current:
+            orphans = _orphans(store, paths, parts, commits, timeout_s, now)
+            if orphans and live:
+                kept.append(f"{paths.label}: a builder holds its lease")
+            elif orphans:
+                items.append(_item(paths, orphans, parts, "orphaned parts: no commit record names them "
+                                                          "(an upload race's loser or a replaced entry)"))
             continue
         reason = None
-        newest = max((modified_epoch(i) or now for i in parts.values()), default=now)
-        if _model(name) in models and SIDECAR in parts:
-            reason = "superseded: the corpus builds this model under another name now"
-        elif SIDECAR not in parts and now - newest > _STALE_INCOMPLETE_S:
-            reason = "abandoned upload (no sidecar for over an hour)"
+        if not commits:
+            if now - newest > _STALE_S:
+                reason = "abandoned upload (no commit record for over an hour)"
+        elif _model(name) in models:
+            owner = _recorded_corpus(store, paths, commits, timeout_s)
+            if corpus is not None and owner == corpus:
+                reason = f"superseded: corpus {corpus!r} builds this model from other inputs now (manifest build.corpus)"
+            else:
+                why = ("set remote.corpus so gc can tell this corpus's old entries from others'" if corpus is None
+                       else f"its manifest names corpus {shown(owner, 64) if owner else 'none'}, not {corpus!r}")
+                kept.append(f"{paths.label}: other inputs for a model of this corpus, kept ({why})")
         if reason is None:
             continue
-        if LEASE in parts and _lease_live(store, store.entry_path(host, name, LEASE), timeout_s, now, lease_s):
-            kept.append(f"{host}/{name}: a builder holds its lease")
+        if live:
+            kept.append(f"{paths.label}: a builder holds its lease")
             continue
-        items.append(_item(store.entry_path(host, name), parts, store.entry_path(host, name), reason))
+        items.append(_item(paths, sorted(parts), parts, reason))
+    for host, name in sorted(legacy):
+        if host == host_key:
+            kept.append(f"{host}/{name}: layout-1 entry, read only by earlier versions; delete it by hand once every "
+                        "host runs this version")
     for host, host_objects in sorted(by_host.items()):
         if host == host_key:
             continue
@@ -117,18 +159,66 @@ def plan_remote_gc(
 
 
 def apply_remote_gc(store: RemoteStore, plan: RemoteGcPlan, timeout_s: float) -> int:
-    """Delete what ``plan`` lists (sidecars first); returns the bytes freed."""
+    """Delete what ``plan`` lists (commit records first, ``_seen.json`` last); returns the bytes freed."""
     for item in plan.items:
-        first = [p for p in item.objects if p.endswith("/" + SIDECAR)]
-        rest = [p for p in item.objects if p not in first and not p.endswith("/" + SEEN)]
-        seen = [p for p in item.objects if p.endswith("/" + SEEN)]
-        store.delete(first + rest + seen, timeout_s)
+        first = [p for p in item.objects if f"/{COMMIT_DIR}/" in p]
+        last = [p for p in item.objects if p.endswith("/" + SEEN)]
+        rest = [p for p in item.objects if p not in first and p not in last]
+        store.delete(first + rest + last, timeout_s)
     return plan.bytes
 
 
-def _item(path: str, parts: dict[str, dict], base: str, reason: str) -> RemoteGcItem:
-    paths = tuple(f"{base}/{obj}" for obj in sorted(parts))
-    return RemoteGcItem(path, paths, sum(int(i.get("size") or 0) for i in parts.values()), reason)
+def _orphans(store: RemoteStore, paths: EntryPaths, parts: dict[str, dict], commits: dict[str, dict],
+             timeout_s: float, now: float) -> list[str]:
+    """Parts of an entry no commit record names, untouched for an hour."""
+    named: set[str] = set()
+    for key_id in commits:
+        record = _record(store, paths, key_id, timeout_s)
+        if record is None:
+            return []  # a record we cannot read: keep everything, a later run decides
+        named.add(f"{ENGINE_DIR}/{record.engine_sha256}")
+        named.add(f"{MANIFEST_DIR}/{record.manifest_sha256}")
+    orphans = []
+    for rel, info in parts.items():
+        if rel.split("/", 1)[0] in (ENGINE_DIR, MANIFEST_DIR) and rel not in named:
+            if now - (modified_epoch(info) or now) > _STALE_S:
+                orphans.append(rel)
+    return sorted(orphans)
+
+
+def _record(store: RemoteStore, paths: EntryPaths, key_id: str, timeout_s: float):
+    """A commit record's fields, parsed without verifying (gc only keeps what any record names)."""
+    try:
+        blob = store.read_small(paths.commit(key_id), MAX_COMMIT_BYTES, timeout_s)
+        if blob is None:
+            return None
+        body, _, _, _ = split_record(blob)
+        return parse_body(body, blob, key_id)
+    except (Unverified, RemoteContentError):
+        return None
+
+
+def _recorded_corpus(store: RemoteStore, paths: EntryPaths, commits: dict[str, dict], timeout_s: float) -> str | None:
+    """``build.corpus`` of the manifest an entry's first readable commit record names."""
+    for key_id in sorted(commits, key=lambda k: k == UNSIGNED):
+        record = _record(store, paths, key_id, timeout_s)
+        if record is None:
+            continue
+        try:
+            blob = store.read_small(paths.manifest(record.manifest_sha256), _MAX_MANIFEST, timeout_s)
+            document = json.loads(blob) if blob else None
+        except (RemoteContentError, ValueError, RecursionError):
+            continue
+        build = document.get("build") if isinstance(document, dict) else None
+        value = build.get("corpus") if isinstance(build, dict) else None
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _item(paths: EntryPaths, rels: Iterable[str], parts: dict[str, dict], reason: str) -> RemoteGcItem:
+    rels = list(rels)
+    objects = tuple(f"{paths.base}/{rel}" for rel in rels)
+    return RemoteGcItem(paths.base, objects, sum(int(parts[r].get("size") or 0) for r in rels), reason)
 
 
 def _lease_live(store: RemoteStore, path: str, timeout_s: float, now: float, lease_s: float) -> bool:

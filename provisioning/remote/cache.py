@@ -1,17 +1,23 @@
 """RemoteCache: the shared bucket behind the local cache folder.
 
 Implements :class:`provisioning.compiler.RemoteEngineCache`. ``fetch`` runs under the
-compiler's engine lock on a local miss: it verifies the remote sidecar, manifest (build
-inputs and host identity against ``expected``) and signature, downloads the engine to a
-temporary file in the cache folder while hashing it, and publishes it locally with the
-same protocol as a build (engine, manifest, sidecar last). ``publish`` uploads after a
-local build. Neither ever raises for a remote problem, and the two kinds of problem are
-kept apart: remote *content* that does not verify or cannot even be parsed (over a size
-limit, not JSON, nested too deep, a link) condemns that one entry, which is discarded with
-one warning, built here and, in read-write mode, replaced; only a *transport* failure
-(:class:`RemoteUnavailable`: network, server, credentials, timeout) turns the remote off
-for the rest of the run, so one malformed object cannot switch a fleet's cache off. The
-signature is checked on the raw bytes before the manifest is parsed.
+compiler's engine lock on a local miss. It looks the entry up by its *inputs* (layout 2,
+see :mod:`provisioning.remote.layout`), reads the commit record of each key this host
+trusts, verifies the signature over the record's raw bytes before parsing it, fetches
+the content-addressed manifest and checks its SHA-256 before parsing it, compares it
+with today's inputs *before* downloading the engine, then streams the engine into a
+temporary file in the cache folder while hashing it (parallel ranged GETs for big
+engines) and publishes it locally with the same protocol as a build (engine, manifest,
+commit record, sidecar last). ``publish`` uploads after a local build: content-addressed
+parts created only if absent, then the commit record created only if absent.
+
+Neither ever raises for a remote problem, and the two kinds of problem are kept apart:
+remote *content* that does not verify or cannot even be parsed (over a size limit, not
+JSON, nested too deep, a link) condemns that one entry, which is discarded with one
+warning, built here and, in read-write mode, replaced (conditionally, so a concurrent
+repair is not undone); only a *transport* failure (:class:`RemoteUnavailable`: network,
+server, credentials, a stall longer than ``timeout_s``) turns the remote off for the rest
+of the run, so one malformed object cannot switch a fleet's cache off.
 
 A "run" is one process and one config: doit builds a RemoteCache per task, so the
 start-up warnings and the wait budget (``wait_s``) live in a per-process :class:`RunState`.
@@ -24,31 +30,34 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cache import EngineCacheEntry
+from ..cache import COMMIT_SUFFIX, EngineCacheEntry
 from ..compiler import RemoteFetch
 from ..manifest import BuildInputs, explain_mismatch, manifest_bytes, manifest_path_for
-from ..sidecar import Sha256Sidecar, create_temp, open_nofollow, write_all
+from ..sidecar import Sha256Sidecar, create_temp, open_nofollow
 from .config import RemoteConfig
+from .layout import EntryPaths, inputs_digest
 from .lease import BuilderLease, read_lease
-from .signing import EntrySigner, entry_message
-from .store import (
-    ENGINE, LEASE, MANIFEST, SEEN, SIDECAR, SIGNATURE, ConditionalWriteUnsupported, RemoteContentError, RemoteStore,
-    RemoteUnavailable, shown,
+from .signing import (
+    MAX_COMMIT_BYTES, UNSIGNED, Commit, KeyRing, Unverified, entry_message, parse_body, split_record, unsigned_record,
 )
+from .store import SEEN, ConditionalWriteUnsupported, RemoteContentError, RemoteStore, RemoteUnavailable, shown
 
 log = logging.getLogger("provisioning.remote")
-_SIDECAR_RE = re.compile(r"([0-9a-f]{64}) [ *](.+)\n?")
 _MAX_MANIFEST = 1 << 20
-_MAX_SMALL = 4096
+_FREE_MARGIN = 64 << 20  # left free after a download, for the manifest, logs and the next build
+
+__all__ = ["COMMIT_SUFFIX", "RemoteCache", "RunState", "Unverified", "commit_path_for", "run_state", "shared_manifest"]
 
 
-class Unverified(Exception):
-    """A remote entry exists but must not be used; the message is the reason."""
+def commit_path_for(engine_path: Path) -> Path:
+    """Where the commit record of a fetched engine is kept locally."""
+    return engine_path.with_name(engine_path.name + COMMIT_SUFFIX)
 
 
 class _LocalWriteError(Exception):
@@ -82,45 +91,65 @@ def run_state(config: RemoteConfig) -> RunState:
         return _RUNS.setdefault(key, RunState(config.wait_s))
 
 
+@dataclass(frozen=True)
+class _Condemned:
+    """A commit record this run could not verify, as read (so a repair replaces exactly it)."""
+
+    key_id: str
+    record: bytes
+    etag: str | None
+
+
 class RemoteCache:
     """The second cache level: fetch-and-verify on a local miss, upload after a build."""
 
-    def __init__(self, config: RemoteConfig, store: RemoteStore, signer: EntrySigner | None = None,
+    def __init__(self, config: RemoteConfig, store: RemoteStore, keys: KeyRing | None = None,
                  run: RunState | None = None) -> None:
         self.config = config
         self.store = store
-        self.signer = signer
+        self.keys = keys
         self.run = run if run is not None else run_state(config)
-        self.download_chunk_bytes = 8 << 20
         self.disabled_reason: str | None = None
         self._leases: dict[str, BuilderLease] = {}
-        self._discarded: set[str] = set()  # entries this run could not verify: publish replaces them
+        self._condemned: dict[str, list[_Condemned]] = {}  # entry base -> records this run discarded
         self._seen_marked = False
-        self._leases_supported = True
+        self._bad_parts: set[str] = set()  # content-addressed objects whose bytes do not match their name
+        self._conditional = True  # False once the store refused a conditional write: never retried
         self._startup_warnings()
+
+    # -- policy ------------------------------------------------------------------------
+    @property
+    def accepts_unsigned(self) -> bool:
+        """True in an unsigned fleet, or with the explicit opt-out ``require_signature: false``."""
+        return self.keys is None or not self.config.require_signature
+
+    @property
+    def commit_id(self) -> str:
+        """The commit name this host writes: its signing key's id, or ``unsigned``."""
+        signing = self.keys.signing_id if self.keys is not None else None
+        return signing or UNSIGNED
 
     def _startup_warnings(self) -> None:
         """Once per run: key set-ups that leave the fleet open, each with its fix."""
         cfg, url = self.config, self.config.url
-        if self.signer is None and self.run.once("unsigned"):
+        if self.keys is None and self.run.once("unsigned"):
             log.warning("remote cache %s: entries are unsigned, so anyone who can write to the bucket can replace "
                         "the engines every host runs; set remote.signing_key (README, Fleet)", url,
                         extra={"event": "remote_unsigned"})
-        if self.signer is not None and not cfg.require_signature and self.run.once("signature_optional"):
-            log.warning("remote cache %s: require_signature is false, so an entry whose sig object was deleted is "
-                        "still installed and the key protects nothing; remove remote.require_signature: false", url,
+        if self.keys is not None and not cfg.require_signature and self.run.once("signature_optional"):
+            log.warning("remote cache %s: require_signature is false, so unsigned entries are installed too and the "
+                        "key protects nothing; remove remote.require_signature: false", url,
                         extra={"event": "remote_signature_optional"})
-        key = cfg.signing_key
-        if (self.signer is not None and key is not None and key.algorithm == "hmac-sha256" and not cfg.writable
-                and self.run.once("hmac_reader")):
-            source = key.secret.describe() if key.secret is not None else "the config"
-            log.warning("remote cache %s: this read-only host holds the HMAC signing key (%s), so whoever controls "
-                        "it can forge entries for the whole fleet; give readers an Ed25519 public key instead "
-                        "(signing_key: {algorithm: ed25519, public_key: ...})", url, source,
-                        extra={"event": "remote_hmac_reader"})
+        if self.keys is not None and not cfg.writable and self.run.once("hmac_reader"):
+            held = [key for key in self.keys.keys.values() if key.algorithm == "hmac-sha256"]
+            if held:
+                log.warning("remote cache %s: this read-only host holds the HMAC key %s (%s), and with HMAC every "
+                            "verifier can sign: whoever controls this host can forge entries for the whole fleet; give "
+                            "readers an Ed25519 public key instead (signing_key: {algorithm: ed25519, public_key: ...})",
+                            url, held[0].key_id, held[0].source, extra={"event": "remote_hmac_reader"})
 
     def __repr__(self) -> str:
-        return f"RemoteCache({self.config.url!r}, mode={self.config.mode}, signer={self.signer!r})"
+        return f"RemoteCache({self.config.url!r}, mode={self.config.mode}, keys={self.keys!r})"
 
     # -- fetch -------------------------------------------------------------------------
     def fetch(self, engine_path: Path, model_name: str, expected: BuildInputs) -> RemoteFetch | None:
@@ -128,42 +157,106 @@ class RemoteCache:
         if self.disabled_reason is not None:
             return None
         host_key = str(expected.host.get("host_key", ""))
-        name = engine_path.name
-        where = self.store.display(self.store.entry_path(host_key, name))
+        paths = EntryPaths(self.store, host_key, engine_path.name, inputs_digest(expected))
+        where = paths.display()
         try:
             self._mark_seen(host_key)
-            sidecar = self._sidecar_or_wait(engine_path, host_key, name)
-            if sidecar is None:
+            found = self._commit_or_wait(engine_path, paths, model_name)
+            if found is None:
                 return None
-            return self._download(engine_path, host_key, name, expected, sidecar)
+            commit, etag = found
+            try:
+                return self._download(engine_path, paths, expected, commit)
+            except Unverified:  # a record that verifies but whose parts do not: replace the record too
+                self._condemned.setdefault(paths.base, []).append(_Condemned(commit.key_id, commit.raw, etag))
+                raise
         except RemoteUnavailable as exc:  # transport only: the remote is off for the run
             self._disable(f"fetch of {where} failed ({_summary(exc, self.config.timeout_s)})", model_name)
         except _LocalWriteError as exc:
             log.warning("remote cache: fetched %s but could not write it into %s (%s); building %s locally",
-                        where, engine_path.parent, exc, model_name)
+                        where, engine_path.parent, exc, model_name,
+                        extra={"event": "remote_local_write", "model_name": model_name})
         except Exception as exc:  # remote content: whatever it does, it condemns this entry only
             reason = str(exc) if isinstance(exc, Unverified) else f"entry unreadable ({type(exc).__name__})"
-            self._discarded.add(f"{host_key}/{name}")
+            self._condemned.setdefault(paths.base, [])
             log.warning(
                 "remote cache: discarded %s (%s); building %s locally", where, reason[:300], model_name,
                 extra={"event": "remote_discard", "model_name": model_name, "reason": reason[:300]},
             )
         return None
 
-    def _read(self, host_key: str, name: str, obj: str, limit: int, timeout: float) -> bytes | None:
+    def _read_commit(self, paths: EntryPaths, key_id: str) -> tuple[bytes, str | None] | None:
         try:
-            return self.store.read_small(self.store.entry_path(host_key, name, obj), limit, timeout)
+            found = self.store.read_small_tagged(paths.commit(key_id), MAX_COMMIT_BYTES, self.config.timeout_s)
         except RemoteContentError as exc:
-            raise Unverified(f"{obj} object {exc}") from None
+            self._condemned.setdefault(paths.base, []).append(_Condemned(key_id, b"", None))
+            raise Unverified(f"commit record {shown(key_id, 64)} {exc}") from None
+        return None if found is None else (found[0], found[2])
 
-    def _sidecar_or_wait(self, engine_path: Path, host_key: str, name: str) -> bytes | None:
-        """The entry's sidecar; when absent, claim the build or wait for the host that has.
+    def _find_commit(self, paths: EntryPaths) -> tuple[Commit, str | None] | None:
+        """The first commit record, of a key this host trusts, that verifies; None when there is none.
+
+        A trusted key's record that does not verify is remembered (so that publish may
+        replace exactly it) and, when no other record verifies, condemns the entry.
+        """
+        ids = self.keys.ids_for(paths.host_key) if self.keys is not None else []
+        if self.accepts_unsigned:
+            ids.append(UNSIGNED)
+        problems: list[str] = []
+        for key_id in ids:
+            found = self._read_commit(paths, key_id)
+            if found is None:
+                continue
+            record, etag = found
+            try:
+                commit = self._verify(paths, key_id, record)
+            except Unverified as exc:
+                self._condemned.setdefault(paths.base, []).append(_Condemned(key_id, record, etag))
+                problems.append(str(exc))
+                continue
+            return commit, etag
+        if problems:
+            raise Unverified(problems[0])
+        return None
+
+    def _verify(self, paths: EntryPaths, key_id: str, record: bytes) -> Commit:
+        """Signature over the raw record first, then its fields against the entry asked for."""
+        if key_id == UNSIGNED:
+            body, algorithm, _, _ = split_record(record)
+            if algorithm != "none":
+                raise Unverified("unsigned commit record carries a signature")
+        else:
+            body, _ = self.keys.verify(record, key_id)
+        commit = parse_body(body, record, key_id)
+        if (commit.host_key, commit.engine_name, commit.inputs_digest) != (paths.host_key, paths.engine_name,
+                                                                            paths.digest):
+            raise Unverified("commit record names another entry (moved or copied)")
+        if commit.namespace != self.config.namespace:
+            raise Unverified(f"entry belongs to namespace {shown(commit.namespace)}, this host's is "
+                             f"{self.config.namespace!r}")
+        return commit
+
+    def _untrusted_note(self, paths: EntryPaths, model_name: str) -> None:
+        """When nothing this host trusts is there, say whether records of other keys are."""
+        try:
+            listed = self.store.list_dir(paths.commits, self.config.timeout_s)
+        except RemoteContentError:
+            return
+        names = sorted(str(item.get("name", "")).rsplit("/", 1)[-1] for item in listed)
+        if names:
+            log.warning("remote cache: %s has only commit records this host does not trust (%s); building %s "
+                        "locally (a key rotation? add the key to remote.trusted_keys)", paths.display(),
+                        ", ".join(shown(n, 64) for n in names[:4]), model_name,
+                        extra={"event": "remote_untrusted", "model_name": model_name})
+
+    def _commit_or_wait(self, engine_path: Path, paths: EntryPaths,
+                        model_name: str) -> tuple[Commit, str | None] | None:
+        """The entry's verified commit; when absent, claim the build or wait for the host that has.
 
         Every round after the first is charged to the run's wait budget (``wait_s`` in
         total), so leases that never end, or flap, cost a run at most ``wait_s``.
         """
         cfg, store, run = self.config, self.store, self.run
-        lease_path = store.entry_path(host_key, name, LEASE)
         poll = max(0.05, min(1.0, cfg.lease_s / 20))
         announced = False
         last = time.monotonic()
@@ -177,58 +270,68 @@ class RemoteCache:
                     if run.once("wait_budget"):
                         log.warning("remote cache %s: waited %.0f s in total for other hosts' builds; building %s "
                                     "and the rest of this run locally without waiting (raise remote.wait_s if "
-                                    "builds take longer)", cfg.url, cfg.wait_s, name,
-                                    extra={"event": "remote_wait_budget", "engine": name})
+                                    "builds take longer)", cfg.url, cfg.wait_s, paths.engine_name,
+                                    extra={"event": "remote_wait_budget", "engine": paths.engine_name})
                     return None
+            found = self._find_commit(paths)
+            if found is not None:
+                return found
+            if not rounds:
+                self._untrusted_note(paths, model_name)
             rounds += 1
-            sidecar = self._read(host_key, name, SIDECAR, _MAX_SMALL, cfg.timeout_s)
-            if sidecar is not None:
-                return sidecar
-            if cfg.writable and self._leases_supported:
-                lease = BuilderLease(store, lease_path, engine_path, cfg.lease_s, cfg.timeout_s)
+            if cfg.writable and self._conditional:
+                lease = BuilderLease(store, paths.lease, engine_path, cfg.lease_s, cfg.timeout_s)
                 try:
                     if lease.try_acquire():
-                        self._leases[name] = lease
+                        self._leases[paths.engine_name] = lease
                         return None  # this host builds; publish() uploads and releases
                 except ConditionalWriteUnsupported as exc:
-                    self._leases_supported = False  # known for the rest of the run: never retried per engine
-                    log.warning("remote cache %s refuses conditional writes (%s); hosts may build the same "
-                                "engine concurrently", cfg.url, _printable(str(exc)))
+                    self._no_conditional(exc)
                     return None
-            current = read_lease(store, lease_path, cfg.timeout_s, cfg.lease_s)
+            current = read_lease(store, paths.lease, cfg.timeout_s, cfg.lease_s)
             if current is None:
-                if not cfg.writable or not self._leases_supported:
+                if not cfg.writable or not self._conditional:
                     return None  # nobody is building it and this host may not claim it
                 continue  # released between our create and our read: try to claim again
             owner = shown(current["owner"])
             if current["expires"] < time.time():
                 if not cfg.writable:
                     return None
-                log.info("remote cache: lease of %s by %s expired or invalid; taking over", name, owner)
-                store.delete([lease_path], cfg.timeout_s)
+                log.info("remote cache: lease of %s by %s expired or invalid; taking over", paths.engine_name, owner)
+                self._take_over(paths.lease, current.get("etag"))
                 continue
             if not announced:
-                log.info("remote cache: %s is building %s; waiting for its upload", owner, name,
-                         extra={"event": "remote_wait", "engine": name})
+                log.info("remote cache: %s is building %s; waiting for its upload", owner, paths.engine_name,
+                         extra={"event": "remote_wait", "engine": paths.engine_name})
                 announced = True
             time.sleep(max(0.0, min(poll, run.wait_left_s)))
 
-    def _download(self, engine_path: Path, host_key: str, name: str, expected: BuildInputs,
-                  sidecar: bytes) -> RemoteFetch:
+    def _take_over(self, lease_path: str, etag: str | None) -> None:
+        """Delete an expired lease only if it is still the one read (If-Match), so two waiters do not both win."""
+        if etag is not None and self._conditional:
+            try:
+                self.store.delete_if_match(lease_path, etag, self.config.timeout_s)
+                return
+            except ConditionalWriteUnsupported as exc:
+                self._no_conditional(exc)
+        self.store.delete([lease_path], self.config.timeout_s)
+
+    def _download(self, engine_path: Path, paths: EntryPaths, expected: BuildInputs, commit: Commit) -> RemoteFetch:
         cfg, store = self.config, self.store
         started = time.monotonic()
-        deadline = started + cfg.timeout_s
-        match = _SIDECAR_RE.fullmatch(sidecar.decode("utf-8", "replace"))
-        if match is None:
-            raise Unverified("sidecar is malformed")
-        sha256, file_name = match.group(1), match.group(2)
-        if file_name != name:
-            raise Unverified(f"sidecar names another file ({shown(file_name)})")
-        manifest_blob = self._read(host_key, name, MANIFEST, _MAX_MANIFEST, _left(deadline))
-        if manifest_blob is None:
-            raise Unverified("manifest is missing")
-        self._check_signature(host_key, name, manifest_blob, sidecar, deadline)  # before parsing anything
+        size, sha256 = commit.size, commit.engine_sha256
+        if size > cfg.max_engine_bytes:
+            raise Unverified(f"engine is {size} bytes, over remote.max_engine_bytes {cfg.max_engine_bytes}")
         try:
+            manifest_blob = store.read_small(paths.manifest(commit.manifest_sha256), _MAX_MANIFEST, cfg.timeout_s)
+        except RemoteContentError as exc:
+            raise Unverified(f"manifest part {exc}") from None
+        if manifest_blob is None:
+            raise Unverified("manifest part is missing")
+        if hashlib.sha256(manifest_blob).hexdigest() != commit.manifest_sha256:
+            self._bad_parts.add(paths.manifest(commit.manifest_sha256))
+            raise Unverified("manifest part does not match its commit record")
+        try:  # only now, with bytes the signature vouches for, is anything parsed
             manifest = json.loads(manifest_blob)
         except (ValueError, UnicodeDecodeError):
             raise Unverified("manifest is not JSON") from None
@@ -238,80 +341,49 @@ class RemoteCache:
         if reasons:
             raise Unverified("manifest does not match this build: " + "; ".join(reasons))
         recorded = manifest.get("engine") if isinstance(manifest.get("engine"), dict) else {}
-        size = recorded.get("size")
-        if (recorded.get("sha256") != sha256 or recorded.get("file_name") != name or not isinstance(size, int)
-                or isinstance(size, bool) or size < 0):
-            raise Unverified("manifest describes another engine than the sidecar")
-        engine_key = store.entry_path(host_key, name, ENGINE)
+        if (recorded.get("sha256") != sha256 or recorded.get("file_name") != paths.engine_name
+                or recorded.get("size") != size):
+            raise Unverified("manifest describes another engine than its commit record")
         try:
-            remote_size = store.size(engine_key, _left(deadline))
-        except RemoteContentError as exc:
-            raise Unverified(f"engine object {exc}") from None
-        if remote_size is None:
-            raise Unverified("sidecar present but the engine object is missing")
-        if remote_size != size:
-            raise Unverified(f"engine object is {remote_size} bytes, its manifest says {size}")
+            free = shutil.disk_usage(engine_path.parent).free
+        except OSError as exc:
+            raise _LocalWriteError(exc.strerror or str(exc)) from None
+        if free < size + _FREE_MARGIN:
+            raise _LocalWriteError(f"{_mib(free)} free, the engine needs {_mib(size + _FREE_MARGIN)}")
         try:
             fd, tmp = create_temp(engine_path)
         except OSError as exc:
             raise _LocalWriteError(exc.strerror or str(exc)) from None
         try:
-            self._download_to(engine_key, fd, size, sha256, deadline)
             try:
-                self._publish_locally(engine_path, tmp, manifest_blob, sha256)
-            except OSError as exc:
-                raise _LocalWriteError(exc.strerror or str(exc)) from None
-        finally:
-            try:
-                os.unlink(tmp)
+                store.download(paths.engine(sha256), fd, size, sha256, cfg.timeout_s)
             except FileNotFoundError:
-                pass
-        return RemoteFetch(bytes=size, seconds=time.monotonic() - started)
-
-    def _check_signature(self, host_key: str, name: str, manifest: bytes, sidecar: bytes, deadline: float) -> None:
-        if self.signer is None:
-            return  # an unsigned fleet (warned once per run at start-up)
-        sig = self._read(host_key, name, SIGNATURE, _MAX_SMALL, _left(deadline))
-        if sig is None and not self.config.require_signature:
-            return  # the explicit opt-out require_signature: false (warned once per run)
-        check = self.signer.verify(entry_message(host_key, name, manifest, sidecar), sig)
-        if not check.ok:
-            raise Unverified(check.reason)
-
-    def _download_to(self, key: str, fd: int, size: int, sha256: str, deadline: float) -> None:
-        """Stream the object into ``fd`` (closed here), hashing as it goes."""
-        digest = hashlib.sha256()
-        try:
-            offset = 0
-            while offset < size:
-                end = min(size, offset + self.download_chunk_bytes)
-                try:
-                    chunk = self.store.read_range(key, offset, end, _left(deadline))
-                except RemoteContentError as exc:
-                    raise Unverified(f"engine object {exc}") from None
-                if not chunk:
-                    raise Unverified(f"engine object truncated at {offset} of {size} bytes")
-                if len(chunk) > end - offset:
-                    raise Unverified("engine object is longer than its manifest says")
-                digest.update(chunk)
-                try:
-                    write_all(fd, memoryview(chunk))
-                except OSError as exc:
-                    raise _LocalWriteError(exc.strerror or str(exc)) from None
-                offset += len(chunk)
+                raise Unverified("engine part is missing") from None
+            except RemoteContentError as exc:
+                self._bad_parts.add(paths.engine(sha256))  # bytes that do not hash to their name: garbage
+                raise Unverified(f"engine part: {exc}") from None
+            except OSError as exc:  # our write into the cache folder
+                raise _LocalWriteError(exc.strerror or str(exc)) from None
             try:
                 os.fsync(fd)
             except OSError as exc:
                 raise _LocalWriteError(exc.strerror or str(exc)) from None
+            finally:
+                os.close(fd)
+                fd = -1
+            try:
+                Sha256Sidecar.publish_prepared(engine_path, tmp, sha256, {
+                    manifest_path_for(engine_path): manifest_blob, commit_path_for(engine_path): commit.raw})
+            except OSError as exc:
+                raise _LocalWriteError(exc.strerror or str(exc)) from None
         finally:
-            os.close(fd)
-        if digest.hexdigest() != sha256:
-            raise Unverified("engine bytes do not match the sidecar (corrupt or truncated)")
-
-    @staticmethod
-    def _publish_locally(engine_path: Path, tmp: Path, manifest_blob: bytes, sha256: str) -> None:
-        """The local atomic protocol, from an already verified temporary file."""
-        Sha256Sidecar.publish_prepared(engine_path, tmp, sha256, {manifest_path_for(engine_path): manifest_blob})
+            if fd >= 0:
+                os.close(fd)
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        return RemoteFetch(bytes=size, seconds=time.monotonic() - started, key_id=commit.key_id)
 
     # -- publish -----------------------------------------------------------------------
     def publish(self, entry: EngineCacheEntry) -> None:
@@ -331,20 +403,22 @@ class RemoteCache:
 
     def _upload_with_retries(self, entry: EngineCacheEntry) -> None:
         cfg = self.config
-        host_key = str(entry.inputs.get("host", {}).get("host_key", ""))
         started = time.monotonic()
-        deadline = started + cfg.timeout_s
         attempt, backoff = 0, 0.2
         while True:
             attempt += 1
             try:
-                uploaded = self._upload(entry, host_key, deadline)
+                uploaded = self._upload(entry)
                 log.info("remote cache: %s %s", "uploaded" if uploaded else "already has", entry.file_name,
                          extra={"event": "remote_upload", "engine": entry.file_name, "uploaded": uploaded,
-                                "attempts": attempt})
+                                "attempts": attempt, "key_id": self.commit_id})
+                return
+            except RemoteContentError as exc:  # the bucket holds something this host cannot replace
+                log.warning("remote cache: upload of %s skipped (%s); the local engine is published",
+                            entry.file_name, shown(str(exc), 200), extra={"event": "remote_upload_skipped"})
                 return
             except Exception as exc:
-                if time.monotonic() + backoff >= deadline:
+                if time.monotonic() - started + backoff >= cfg.timeout_s:
                     self._disable(
                         f"upload of {entry.file_name} failed after {attempt} attempt(s) in "
                         f"{time.monotonic() - started:.1f} s ({_summary(exc, cfg.timeout_s)})",
@@ -354,44 +428,106 @@ class RemoteCache:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
-    def _upload(self, entry: EngineCacheEntry, host_key: str, deadline: float) -> bool:
-        """engine, manifest, signature, then the sidecar (conditional create): the commit point."""
-        store, name = self.store, entry.file_name
-        sidecar_key = store.entry_path(host_key, name, SIDECAR)
-        replace = f"{host_key}/{name}" in self._discarded
-        if not replace:
-            try:
-                if store.read_small(sidecar_key, _MAX_SMALL, _left(deadline)) is not None:
-                    return False  # another builder committed first; its entry stays
-            except RemoteContentError:
-                replace = True  # a sidecar that cannot be one: this verified build replaces the entry
+    def _upload(self, entry: EngineCacheEntry) -> bool:
+        """Parts (content-addressed, created if absent), then the commit record: the commit point."""
+        cfg, store, name = self.config, self.store, entry.file_name
+        host_key = str(entry.inputs.get("host", {}).get("host_key", ""))
+        paths = EntryPaths(store, host_key, name, inputs_digest(entry.inputs))
         manifest_blob = _read_local(manifest_path_for(entry.path))
-        if not self.config.share_build_details:
-            manifest_blob = shared_manifest(manifest_blob)
-        sidecar = Sha256Sidecar.format_line(entry.sha256, name).encode()
-        if replace:  # withdraw the entry this host could not verify before replacing its parts
-            store.delete([sidecar_key], _left(deadline))
-        store.put_file(store.entry_path(host_key, name, ENGINE), str(entry.path), _left(deadline))
-        store.put_bytes(store.entry_path(host_key, name, MANIFEST), manifest_blob, _left(deadline))
-        sig_key = store.entry_path(host_key, name, SIGNATURE)
-        if self.signer is not None and self.signer.can_sign:
-            store.put_bytes(sig_key, self.signer.sign(entry_message(host_key, name, manifest_blob, sidecar)),
-                            _left(deadline))
-        else:
-            store.delete([sig_key], _left(deadline))  # a stale signature must not outlive its entry
-        created = True
-        try:
-            if self._leases_supported:
-                created = store.create_exclusive(sidecar_key, sidecar, _left(deadline))
-            else:
-                store.put_bytes(sidecar_key, sidecar, _left(deadline))
-        except ConditionalWriteUnsupported:
-            self._leases_supported = False
-            store.put_bytes(sidecar_key, sidecar, _left(deadline))
-        self._discarded.discard(f"{host_key}/{name}")
+        manifest_blob = shared_manifest(manifest_blob, corpus=cfg.corpus, details=cfg.share_build_details)
+        manifest_sha = hashlib.sha256(manifest_blob).hexdigest()
+        body = entry_message(cfg.namespace, host_key, name, paths.digest, entry.sha256, entry.size, manifest_sha)
+        signer = self.keys.signer if self.keys is not None else None
+        record = signer.sign(body) if signer is not None and signer.can_sign else unsigned_record(body)
+        commit_key = paths.commit(self.commit_id)
+        if not self._make_room_for_commit(paths, commit_key):
+            return False  # another builder committed a valid entry first; it stays
+        bad = sorted(p for p in self._bad_parts if p.startswith(paths.base + "/"))
+        if bad:  # provably garbage whoever wrote them: a name is the SHA-256 of its bytes
+            self._delete_planted(bad)
+            self._bad_parts.difference_update(bad)
+        if not self._create_file(paths.engine(entry.sha256), entry.path, entry.size):
+            log.debug("remote cache: engine part of %s already present", name)
+        self._create_bytes(paths.manifest(manifest_sha), manifest_blob)
+        created = self._create_bytes(commit_key, record)
+        self._condemned.pop(paths.base, None)
         return created
 
+    def _make_room_for_commit(self, paths: EntryPaths, commit_key: str) -> bool:
+        """True when this host may create its commit record: none there, or one this run condemned.
+
+        A record that is there and verifies (another builder on the same key won the race)
+        is left alone; one this run discarded, or that does not verify now, is deleted only
+        if it is still byte-for-byte what was read (If-Match on its ETag), so a concurrent
+        repair by another host is not undone. Records of other keys are never touched.
+        """
+        found = self._read_commit_for_publish(commit_key)
+        if found is None:
+            return True
+        record, etag = found
+        condemned = self._condemned.get(paths.base, [])
+        if not any(c.key_id == self.commit_id and c.record == record for c in condemned):
+            try:
+                self._verify(paths, self.commit_id, record)
+                return False
+            except Unverified:
+                pass
+        if etag is not None and self._conditional:
+            try:
+                return self.store.delete_if_match(commit_key, etag, self.config.timeout_s)
+            except ConditionalWriteUnsupported as exc:
+                self._no_conditional(exc)
+        self.store.delete([commit_key], self.config.timeout_s)
+        return True
+
+    def _read_commit_for_publish(self, commit_key: str) -> tuple[bytes, str | None] | None:
+        try:
+            found = self.store.read_small_tagged(commit_key, MAX_COMMIT_BYTES, self.config.timeout_s)
+        except RemoteContentError:  # an oversized object, a FIFO, a link: not a record; replace it
+            self._delete_planted([commit_key])
+            return None
+        return None if found is None else (found[0], found[2])
+
+    def _create_file(self, key: str, local: Path, size: int) -> bool:
+        if self._conditional:
+            try:
+                return self.store.put_file_exclusive(key, str(local), self.config.timeout_s)
+            except ConditionalWriteUnsupported as exc:
+                self._no_conditional(exc)
+        if self.store.size(key, self.config.timeout_s) == size:
+            return False  # content-addressed: same name, same bytes (a reader re-hashes anyway)
+        self.store.put_file(key, str(local), self.config.timeout_s)
+        return True
+
+    def _create_bytes(self, key: str, data: bytes) -> bool:
+        if self._conditional:
+            try:
+                return self.store.create_exclusive(key, data, self.config.timeout_s)
+            except ConditionalWriteUnsupported as exc:
+                self._no_conditional(exc)
+        if self.store.read_small(key, MAX_COMMIT_BYTES if len(data) <= MAX_COMMIT_BYTES else _MAX_MANIFEST,
+                                 self.config.timeout_s) == data:
+            return False
+        self.store.put_bytes(key, data, self.config.timeout_s)
+        return True
+
     # -- helpers -----------------------------------------------------------------------
+    def _delete_planted(self, keys: list[str]) -> None:
+        """Delete objects that are not what they claim; a link above them is replaced by the writes that follow."""
+        try:
+            self.store.delete(keys, self.config.timeout_s)
+        except RemoteContentError:
+            pass
+
+    def _no_conditional(self, exc: Exception) -> None:
+        """The store refused a conditional write: known for the rest of the run, never retried per engine."""
+        if self._conditional:
+            self._conditional = False
+            if self.run.once("no_conditional"):
+                log.warning("remote cache %s refuses conditional writes (%s); hosts may build the same engine "
+                            "concurrently and an upload race is settled by the last writer",
+                            self.config.url, shown(str(exc), 200), extra={"event": "remote_no_conditional"})
+
     def _mark_seen(self, host_key: str) -> None:
         """Once per run, record that a read-write client of this host key is alive (for gc)."""
         if self._seen_marked or not self.config.writable:
@@ -409,13 +545,8 @@ class RemoteCache:
         )
 
 
-def _left(deadline: float) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        error = RemoteUnavailable("remote timeout_s exceeded")
-        error.__cause__ = TimeoutError("remote timeout_s exceeded")
-        raise error
-    return left
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.0f} MiB"
 
 
 def _summary(exc: BaseException, timeout_s: float | None = None) -> str:
@@ -423,7 +554,7 @@ def _summary(exc: BaseException, timeout_s: float | None = None) -> str:
     if isinstance(exc, RemoteUnavailable) and exc.__cause__ is not None:
         exc = exc.__cause__
     if isinstance(exc, TimeoutError) and timeout_s is not None:  # fsspec's FSTimeoutError included
-        return f"no answer within timeout_s {timeout_s:g} s"
+        return f"no progress for timeout_s {timeout_s:g} s"
     text = str(exc).splitlines()[0] if str(exc) else ""
     name = type(exc).__name__
     return f"{name}: {_printable(text[:200])}" if text else name
@@ -433,19 +564,23 @@ def _printable(text: str) -> str:
     return text if text.isprintable() and text.isascii() else ascii(text)[1:-1]
 
 
-def shared_manifest(blob: bytes) -> bytes:
+def shared_manifest(blob: bytes, *, corpus: str | None = None, details: bool = False) -> bytes:
     """The manifest as uploaded: what a verifier needs, not the builder's paths and pid.
 
-    ``build.onnx_path`` keeps only the file name and ``build.pid`` goes; the reuse key
-    (``inputs``) and the engine record stay, so a fetching host publishes a valid entry,
-    and the signature covers exactly these bytes. ``share_build_details: true`` opts out.
+    ``build.onnx_path`` keeps only the file name and ``build.pid`` goes (unless
+    ``share_build_details: true``); the reuse key (``inputs``) and the engine record stay,
+    so a fetching host publishes a valid entry, and the commit record covers exactly
+    these bytes. ``build.corpus`` records ``remote.corpus`` for engines-gc --remote.
     """
     document = json.loads(blob)
     build = document.get("build")
     if isinstance(build, dict):
-        build = {k: v for k, v in build.items() if k != "pid"}
-        if isinstance(build.get("onnx_path"), str):
-            build["onnx_path"] = re.split(r"[\\/]", build["onnx_path"])[-1]
+        if not details:
+            build = {k: v for k, v in build.items() if k != "pid"}
+            if isinstance(build.get("onnx_path"), str):
+                build["onnx_path"] = re.split(r"[\\/]", build["onnx_path"])[-1]
+        if corpus is not None:
+            build["corpus"] = corpus
         document["build"] = build
     return manifest_bytes(document)
 

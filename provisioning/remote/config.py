@@ -8,6 +8,7 @@ fails before any build. Every error is one line naming the config file and the f
 from __future__ import annotations
 
 import ipaddress
+import re
 import math
 import os
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ PROTOCOLS = ("s3", "s3a", "file")
 ALGORITHMS = ("hmac-sha256", "ed25519")
 _KEYS = (
     "url", "mode", "endpoint_url", "timeout_s", "signing_key", "require_signature",
-    "lease_s", "wait_s", "host_max_age_days", "allow_insecure_http", "share_build_details",
+    "lease_s", "wait_s", "host_max_age_days", "allow_insecure_http", "share_build_details", "trusted_keys",
+    "namespace", "corpus", "max_engine_bytes",
 )
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # botocore's order: the S3-specific one wins
 _SOURCE_KEYS = ("env", "file")
 
@@ -48,6 +51,8 @@ class SigningKeyConfig:
     secret: KeySource | None = None  # hmac-sha256
     private_key: KeySource | None = None  # ed25519, PEM (PKCS#8, unencrypted)
     public_key: KeySource | None = None  # ed25519, PEM (SubjectPublicKeyInfo)
+    key_id: str | None = None  # the key's name in commit records; None: its fingerprint
+    host_key_prefixes: tuple[str, ...] = ()  # a trusted key vouches only for these host keys (empty: all)
 
 
 @dataclass(frozen=True)
@@ -68,11 +73,15 @@ class RemoteConfig:
     host_max_age_days: float = 30.0  # gc: hosts not seen for longer are removed
     allow_insecure_http: bool = False  # plain http to a non-loopback endpoint (needs signatures)
     share_build_details: bool = False  # upload the manifest as built (absolute ONNX path, pid)
+    trusted_keys: tuple[SigningKeyConfig, ...] = ()  # further verification keys (rotation), each named
+    namespace: str = "default"  # bound into every signature: staging entries do not verify in prod
+    corpus: str | None = None  # recorded in uploads; lets engines-gc --remote remove this corpus's old entries
+    max_engine_bytes: int = 64 << 30  # a remote entry claiming more is discarded before any download
 
     @property
     def signatures_required(self) -> bool:
         """True when every fetched entry must carry a valid signature."""
-        return self.signing_key is not None and self.require_signature
+        return (self.signing_key is not None or bool(self.trusted_keys)) and self.require_signature
 
     @property
     def enabled(self) -> bool:
@@ -118,12 +127,14 @@ def parse_remote_config(raw: Mapping[str, Any], config_path: Path) -> RemoteConf
         if parts.username or parts.password:
             raise _error(config_path, "endpoint_url", "must not contain credentials; use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
     signing = _signing_key(raw.get("signing_key"), config_path)
-    require = _flag(raw, "require_signature", signing is not None, config_path)
-    if require and signing is None:
+    trusted = _trusted_keys(raw.get("trusted_keys"), config_path)
+    keyed = signing is not None or bool(trusted)
+    require = _flag(raw, "require_signature", keyed, config_path)
+    if require and not keyed:
         raise _error(config_path, "require_signature", "is true but no signing_key is set; add remote.signing_key")
     insecure = _flag(raw, "allow_insecure_http", False, config_path)
     if endpoint is not None:
-        problem = insecure_http_problem(endpoint, insecure, signing is not None and require)
+        problem = insecure_http_problem(endpoint, insecure, keyed and require)
         if problem:
             raise _error(config_path, problem[0], problem[1])
     if signing is not None and mode == "read-write" and signing.algorithm == "ed25519" and signing.private_key is None:
@@ -141,7 +152,27 @@ def parse_remote_config(raw: Mapping[str, Any], config_path: Path) -> RemoteConf
         host_max_age_days=_seconds(raw, "host_max_age_days", 30.0, config_path),
         allow_insecure_http=insecure,
         share_build_details=_flag(raw, "share_build_details", False, config_path),
+        trusted_keys=trusted,
+        namespace=_name(raw, "namespace", "default", config_path),
+        corpus=_name(raw, "corpus", None, config_path),
+        max_engine_bytes=_size(raw, "max_engine_bytes", 64 << 30, config_path),
     )
+
+
+def _name(raw: Mapping[str, Any], key: str, default: str | None, config_path: Path) -> str | None:
+    value = raw.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+        raise _error(config_path, key, f"must be 1-64 characters of A-Z a-z 0-9 . _ -, got {value!r}")
+    return value
+
+
+def _size(raw: Mapping[str, Any], key: str, default: int, config_path: Path) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise _error(config_path, key, f"must be a positive whole number of bytes, got {value!r}")
+    return value
 
 
 def _flag(raw: Mapping[str, Any], key: str, default: bool, config_path: Path) -> bool:
@@ -219,27 +250,56 @@ def _seconds(raw: Mapping[str, Any], key: str, default: float, config_path: Path
     return float(value)
 
 
-def _signing_key(raw: Any, config_path: Path) -> SigningKeyConfig | None:
+def _signing_key(raw: Any, config_path: Path, field: str = "signing_key", trusted: bool = False) -> SigningKeyConfig | None:
     if raw is None:
         return None
     if not isinstance(raw, Mapping):
-        raise _error(config_path, "signing_key", "must be a mapping: {env: VAR} or {file: PATH} (never the key itself)")
+        raise _error(config_path, field, "must be a mapping: {env: VAR} or {file: PATH} (never the key itself)")
     algorithm = raw.get("algorithm", "hmac-sha256")
     if algorithm not in ALGORITHMS:
-        raise _error(config_path, "signing_key.algorithm", f"unknown value {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+        raise _error(config_path, f"{field}.algorithm", f"unknown value {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+    common = ("algorithm", "id", "host_key_prefixes") if trusted else ("algorithm", "id")
+    key_id = raw.get("id")
+    if trusted and key_id is None:
+        raise _error(config_path, field, "needs an id: the key id its builders sign with (engines-doctor prints it)")
+    if key_id is not None and (not isinstance(key_id, str) or not _NAME_RE.fullmatch(key_id)
+                               or key_id == "unsigned"):
+        raise _error(config_path, f"{field}.id", f"must be 1-64 characters of A-Z a-z 0-9 . _ - (not 'unsigned'), got {key_id!r}")
+    prefixes = raw.get("host_key_prefixes", [])
+    if (not isinstance(prefixes, list) or not all(isinstance(p, str) and p for p in prefixes)):
+        raise _error(config_path, f"{field}.host_key_prefixes", f"must be a list of host-key prefixes, got {prefixes!r}")
     if algorithm == "hmac-sha256":
-        unknown = sorted(str(k) for k in raw if k not in ("algorithm", *_SOURCE_KEYS))
+        unknown = sorted(str(k) for k in raw if k not in (*common, *_SOURCE_KEYS))
         if unknown:
-            raise _error(config_path, "signing_key", f"unknown key(s) {', '.join(unknown)}; use env or file")
-        return SigningKeyConfig(algorithm, secret=_source(raw, "signing_key", config_path))
-    unknown = sorted(str(k) for k in raw if k not in ("algorithm", "private_key", "public_key"))
+            raise _error(config_path, field, f"unknown key(s) {', '.join(unknown)}; use env or file")
+        return SigningKeyConfig(algorithm, secret=_source(raw, field, config_path), key_id=key_id,
+                                host_key_prefixes=tuple(prefixes))
+    unknown = sorted(str(k) for k in raw if k not in (*common, "private_key", "public_key"))
     if unknown:
-        raise _error(config_path, "signing_key", f"unknown key(s) {', '.join(unknown)}; use private_key, public_key")
-    private = _source(raw["private_key"], "signing_key.private_key", config_path) if "private_key" in raw else None
-    public = _source(raw["public_key"], "signing_key.public_key", config_path) if "public_key" in raw else None
+        raise _error(config_path, field, f"unknown key(s) {', '.join(unknown)}; use private_key, public_key")
+    if trusted and "private_key" in raw:
+        raise _error(config_path, f"{field}.private_key", "a trusted key only verifies: give its public_key")
+    private = _source(raw["private_key"], f"{field}.private_key", config_path) if "private_key" in raw else None
+    public = _source(raw["public_key"], f"{field}.public_key", config_path) if "public_key" in raw else None
     if private is None and public is None:
-        raise _error(config_path, "signing_key", "ed25519 needs private_key and/or public_key ({file: PATH} or {env: VAR})")
-    return SigningKeyConfig(algorithm, private_key=private, public_key=public)
+        raise _error(config_path, field, "ed25519 needs private_key and/or public_key ({file: PATH} or {env: VAR})")
+    return SigningKeyConfig(algorithm, private_key=private, public_key=public, key_id=key_id,
+                            host_key_prefixes=tuple(prefixes))
+
+
+def _trusted_keys(raw: Any, config_path: Path) -> tuple[SigningKeyConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise _error(config_path, "trusted_keys", "must be a list of keys, each {id, algorithm, public_key | env | file}")
+    keys, ids = [], set()
+    for index, item in enumerate(raw):
+        key = _signing_key(item, config_path, f"trusted_keys[{index}]", trusted=True)
+        if key.key_id in ids:
+            raise _error(config_path, f"trusted_keys[{index}].id", f"{key.key_id!r} is listed twice")
+        ids.add(key.key_id)
+        keys.append(key)
+    return tuple(keys)
 
 
 def _source(raw: Any, key: str, config_path: Path) -> KeySource:

@@ -49,15 +49,19 @@ def lease_owner() -> str:
 
 
 def read_lease(store: RemoteStore, path: str, timeout: float, lease_s: float) -> dict[str, Any] | None:
-    """``{"owner", "expires"}`` of the lease at ``path``, None when absent; an invalid one reads as expired."""
-    invalid = {"owner": INVALID_OWNER, "expires": 0.0}
+    """``{"owner", "expires", "etag"}`` of the lease at ``path``, None when absent; an invalid one reads as expired.
+
+    ``etag`` lets a waiter take an expired lease over with a conditional delete.
+    """
+    invalid: dict[str, Any] = {"owner": INVALID_OWNER, "expires": 0.0, "etag": None}
     try:
-        found = store.read_small_info(path, _MAX_LEASE_BYTES, timeout)
+        found = store.read_small_tagged(path, _MAX_LEASE_BYTES, timeout)
     except RemoteContentError:
         return invalid
     if found is None:
         return None
-    blob, modified = found
+    blob, modified, etag = found
+    invalid["etag"] = etag
     try:
         document = json.loads(blob)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -70,7 +74,7 @@ def read_lease(store: RemoteStore, path: str, timeout: float, lease_s: float) ->
     elif expires > time.time() + lease_s + _SKEW_S:
         return invalid  # no server time to anchor it: a far-future expiry is forged or a clock is off
     owner = document.get("owner")
-    return {"owner": owner if isinstance(owner, str) else INVALID_OWNER, "expires": float(expires)}
+    return {"owner": owner if isinstance(owner, str) else INVALID_OWNER, "expires": float(expires), "etag": etag}
 
 
 class BuilderLease:

@@ -11,32 +11,41 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..config import ProvisioningConfig
-from . import remote_config_of
+from . import key_ring, remote_config_of
 from .admin import RemoteGcPlan, apply_remote_gc, plan_remote_gc, remote_entry_status
+from .layout import EntryPaths
+from .signing import UNSIGNED
 from .store import RemoteStore
 
 _DAY_S = 86400.0
 
 
-def remote_states(config: ProvisioningConfig, entries: Iterable[tuple[str, str, str]]) -> dict[str, Any] | None:
-    """For ``(model_name, host_key, engine_name)`` rows: ``{"url", "states": {model: state}}``; None without a remote.
+def remote_states(config: ProvisioningConfig, entries: Iterable[tuple[str, str, str, str]]) -> dict[str, Any] | None:
+    """For ``(model_name, host_key, engine_name, inputs_digest)`` rows: ``{"url", "states": {model: state}}``.
 
-    States: present, absent, incomplete, unreachable, or off (``mode: off``). One
-    unreachable answer marks the rest unreachable too, so a dead endpoint costs one timeout.
+    None without a remote. States: present, absent, incomplete, unreachable, or off
+    (``mode: off``). One unreachable answer marks the rest unreachable too, so a dead
+    endpoint costs one timeout. "present" means a commit record of a key this host
+    trusts (or an unsigned one where those are accepted) exists for today's inputs.
     """
     remote = remote_config_of(config)
     if remote is None:
         return None
     entries = list(entries)
     if not remote.enabled:
-        return {"url": remote.url, "states": {model: "off" for model, _, _ in entries}}
+        return {"url": remote.url, "states": {model: "off" for model, _, _, _ in entries}}
+    ring = key_ring(remote)
     store = RemoteStore.open(remote)
     states: dict[str, str] = {}
-    for model, host_key, engine_name in entries:
+    for model, host_key, engine_name, digest in entries:
         if "unreachable" in states.values():
             states[model] = "unreachable"
             continue
-        states[model] = remote_entry_status(store, host_key, engine_name, remote.timeout_s)
+        ids = ring.ids_for(host_key) if ring is not None else []
+        if ring is None or not remote.require_signature:
+            ids.append(UNSIGNED)
+        states[model] = remote_entry_status(store, EntryPaths(store, host_key, engine_name, digest), ids,
+                                            remote.timeout_s)
     return {"url": remote.url, "states": states}
 
 
@@ -74,12 +83,13 @@ class RemoteGcReport:
         return "\n".join(lines)
 
 
-def remote_gc(config: ProvisioningConfig, host_keys: Iterable[str], current: Iterable[str], *,
+def remote_gc(config: ProvisioningConfig, host_keys: Iterable[str], current: Iterable[tuple[str, str]], *,
               apply: bool, now: float | None = None) -> RemoteGcReport | None:
     """Plan (and with ``apply`` perform) gc on the bucket; None when the config has no enabled remote.
 
-    Entries of ``host_keys`` are checked against ``current`` (today's engine names); other
-    host keys go when nothing under them changed for ``remote.host_max_age_days``.
+    Entries of ``host_keys`` are checked against ``current`` (today's ``(engine name,
+    inputs digest)`` pairs); other host keys go when nothing under them changed for
+    ``remote.host_max_age_days``.
     """
     remote = remote_config_of(config)
     if remote is None or not remote.enabled:
@@ -94,7 +104,7 @@ def remote_gc(config: ProvisioningConfig, host_keys: Iterable[str], current: Ite
     keys = sorted(set(host_keys))
     plans = [plan_remote_gc(store, key, current, host_max_age_s=remote.host_max_age_days * _DAY_S,
                             timeout_s=remote.timeout_s, now=time.time() if now is None else now,
-                            lease_s=remote.lease_s)
+                            lease_s=remote.lease_s, corpus=remote.corpus)
              for key in keys]
     # Several own host keys (e.g. TensorRT compatibility levels): none of them is a stale host.
     items, seen = [], set()

@@ -182,3 +182,118 @@ def policy_warnings_of(caplog) -> list[tuple[str, str]]:
     """(event, line) of the start-up warnings about the key set-up."""
     return [(r.event, r.getMessage()) for r in caplog.records
             if r.name.startswith("provisioning.remote") and getattr(r, "event", None) in POLICY_EVENTS]
+
+
+class RemoteEntry:
+    """One remote entry (layout 2) as an attacker with write access sees it: raw objects, no checks.
+
+    ``fs`` is an s3fs client (``root`` = ``bucket/prefix``) or fsspec's local file system
+    (``root`` = the folder of a ``file://`` remote).
+    """
+
+    def __init__(self, fs, root: str, result):
+        from provisioning.remote.layout import inputs_digest
+
+        inputs = result.entry.inputs
+        self.fs = fs
+        self.model = result.model_name
+        self.host_key = inputs["host"]["host_key"]
+        self.name = result.entry.file_name
+        self.digest = inputs_digest(inputs)
+        self.base = f"{root}/{self.host_key}/{self.name}/{self.digest}"
+
+    def commit_ids(self) -> list[str]:
+        try:
+            return sorted(p.rsplit("/", 1)[1] for p in self.fs.ls(f"{self.base}/commit", detail=False))
+        except FileNotFoundError:
+            return []
+
+    def commit_key(self, key_id: str | None = None) -> str:
+        if key_id is None:
+            ids = self.commit_ids()
+            assert len(ids) == 1, f"expected one commit record in {self.base}, found {ids}"
+            key_id = ids[0]
+        return f"{self.base}/commit/{key_id}"
+
+    def record(self, key_id: str | None = None) -> bytes:
+        return self.fs.cat_file(self.commit_key(key_id))
+
+    def fields(self, key_id: str | None = None):
+        from provisioning.remote.signing import parse_body, split_record
+
+        record = self.record(key_id)
+        return parse_body(split_record(record)[0], record, key_id or "")
+
+    def engine_key(self, key_id: str | None = None) -> str:
+        return f"{self.base}/engine/{self.fields(key_id).engine_sha256}"
+
+    def manifest_key(self, key_id: str | None = None) -> str:
+        return f"{self.base}/manifest/{self.fields(key_id).manifest_sha256}"
+
+    @property
+    def lease_key(self) -> str:
+        return f"{self.base}/lease"
+
+    def put(self, key: str, data: bytes) -> None:
+        self.fs.pipe_file(key, data)
+
+    def cat(self, key: str) -> bytes:
+        return self.fs.cat_file(key)
+
+    def rm(self, key: str) -> None:
+        self.fs.rm_file(key)
+
+    def objects(self) -> dict[str, bytes]:
+        """Every object of the entry and its bytes (to prove nothing was overwritten)."""
+        return {p: self.fs.cat_file(p) for p in sorted(self.fs.find(self.base))}
+
+
+def remote_entries(endpoint: str, bucket: str, summary, prefix: str = "engines") -> dict[str, RemoteEntry]:
+    """The remote entries of a run's results, by model name."""
+    fs = s3fs_client(endpoint)
+    return {r.model_name: RemoteEntry(fs, f"{bucket}/{prefix}", r) for r in summary}
+
+
+def forged_record(body: bytes, key_id: str = "attacker", raw: bytes = b"\0" * 64, algorithm: str = "ed25519") -> bytes:
+    """A commit record with a signature line that no key made."""
+    import base64
+
+    return body + f"signature {algorithm} {key_id} {base64.b64encode(raw).decode()}\n".encode()
+
+
+@dataclass
+class Ed25519Keys:
+    """An Ed25519 key pair on disk, as the remote: block names it."""
+
+    private_file: Path
+    public_file: Path
+    key_id: str | None = None
+
+    @property
+    def builder(self) -> dict:
+        block = {"algorithm": "ed25519", "private_key": {"file": str(self.private_file)}}
+        return {**block, "id": self.key_id} if self.key_id else block
+
+    @property
+    def reader(self) -> dict:
+        block = {"algorithm": "ed25519", "public_key": {"file": str(self.public_file)}}
+        return {**block, "id": self.key_id} if self.key_id else block
+
+
+def make_ed25519_keys(folder: Path, name: str = "cache", key_id: str | None = None) -> Ed25519Keys:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    folder.mkdir(parents=True, exist_ok=True)
+    private = Ed25519PrivateKey.generate()
+    keys = Ed25519Keys(folder / f"{name}.pem", folder / f"{name}.pub", key_id)
+    keys.private_file.write_bytes(private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    keys.public_file.write_bytes(private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return keys
+
+
+@pytest.fixture
+def ed25519_keys(tmp_path) -> Ed25519Keys:
+    return make_ed25519_keys(tmp_path / "keys")

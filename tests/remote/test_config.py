@@ -40,6 +40,24 @@ def _compiler_error(tmp_path, corpus_dir, remote) -> str:
     ({"url": "s3://b/e", "signing_key": {"file": "missing.key"}}, "remote.signing_key", "cannot read key file"),
     ({"url": "s3://b/e", "signing_key": {"algorithm": "ed25519", "public_key": {"file": "k.pub"}}},
      "remote.signing_key", "add private_key, or use mode: read-only"),
+    ({"url": "s3://b/e", "trusted_keys": {"id": "a"}}, "remote.trusted_keys", "must be a list"),
+    ({"url": "s3://b/e", "trusted_keys": [{"algorithm": "ed25519", "public_key": {"file": "k.pub"}}]},
+     "remote.trusted_keys[0]", "needs an id"),
+    ({"url": "s3://b/e", "trusted_keys": [{"id": "a b", "env": "K"}]}, "remote.trusted_keys[0].id", "1-64 characters"),
+    ({"url": "s3://b/e", "trusted_keys": [{"id": "unsigned", "env": "K"}]}, "remote.trusted_keys[0].id",
+     "not 'unsigned'"),
+    ({"url": "s3://b/e", "trusted_keys": [{"id": "a", "env": "K"}, {"id": "a", "env": "K"}]},
+     "remote.trusted_keys[1].id", "listed twice"),
+    ({"url": "s3://b/e", "trusted_keys": [{"id": "a", "algorithm": "ed25519", "private_key": {"file": "k"}}]},
+     "remote.trusted_keys[0].private_key", "only verifies"),
+    ({"url": "s3://b/e", "trusted_keys": [{"id": "a", "env": "K", "host_key_prefixes": "sm"}]},
+     "remote.trusted_keys[0].host_key_prefixes", "list of host-key prefixes"),
+    ({"url": "s3://b/e", "signing_key": {"env": "K", "host_key_prefixes": ["sm"]}}, "remote.signing_key",
+     "unknown key(s) host_key_prefixes"),
+    ({"url": "s3://b/e", "namespace": "prod/eu"}, "remote.namespace", "1-64 characters"),
+    ({"url": "s3://b/e", "corpus": ""}, "remote.corpus", "1-64 characters"),
+    ({"url": "s3://b/e", "max_engine_bytes": 1.5}, "remote.max_engine_bytes", "whole number of bytes"),
+    ({"url": "s3://b/e", "max_engine_bytes": 0}, "remote.max_engine_bytes", "whole number of bytes"),
 ])
 def test_bad_remote_block_fails_when_the_compiler_is_built(tmp_path, corpus_dir, remote, field, hint):
     message = _compiler_error(tmp_path, corpus_dir, remote)
@@ -57,7 +75,7 @@ def test_key_material_never_appears_in_errors_or_reprs(tmp_path, corpus_dir, mon
     monkeypatch.setenv("GOOD_KEY", SECRET)
     host = make_host(tmp_path, "ok", corpus_dir, {"url": "s3://b/e", "signing_key": {"env": "GOOD_KEY"}})
     remote = make_remote_cache(load_config(host.config_path))
-    assert SECRET not in repr(remote) and SECRET not in repr(remote.signer) and SECRET not in repr(remote.config)
+    assert SECRET not in repr(remote) and SECRET not in repr(remote.keys) and SECRET not in repr(remote.config)
 
 
 def test_no_remote_block_keeps_the_plain_compiler(tmp_path, corpus_dir):
@@ -77,7 +95,7 @@ def test_importing_provisioning_loads_no_object_store_client():
 def test_file_url_is_anchored_at_the_config_folder_and_shared_like_a_bucket(tmp_path, corpus_dir):
     block = {"url": "file://../shared-engines", "timeout_s": 3, "lease_s": 2}
     make_host(tmp_path, "a", corpus_dir, block).provision()
-    assert list((tmp_path / "shared-engines").glob("*/*.engine/sha256"))
+    assert list((tmp_path / "shared-engines").glob("*/*.engine/*/commit/unsigned"))
     b = make_host(tmp_path, "b", corpus_dir, block)
     assert [r.source for r in b.provision()] == ["remote"] * 3
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -9,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from provisioning.schema import EngineFilenameSchema
+from provisioning.remote.signing import entry_message
 
-from .conftest import S3_ENV, make_host, remote_block, s3fs_client
+from .conftest import S3_ENV, make_host, remote_block, remote_entries
 
 DOIT = str(Path(sys.executable).parent / "doit")
 
@@ -25,9 +26,8 @@ def doit(host, *args):
 
 def test_status_shows_whether_the_remote_has_this_hosts_entry(tmp_path, corpus_dir, s3_server, bucket):
     block = remote_block(s3_server.endpoint, bucket)
-    make_host(tmp_path, "builder", corpus_dir, block, backbones=None).provision()
-    s3fs_client(s3_server.endpoint).rm_file(next(
-        p for p in s3fs_client(s3_server.endpoint).find(f"{bucket}/engines") if "/emb." in p and p.endswith("/sha256")))
+    emb = remote_entries(s3_server.endpoint, bucket, make_host(tmp_path, "builder", corpus_dir, block).provision())["emb"]
+    emb.rm(emb.commit_key())
     fresh = make_host(tmp_path, "fresh", corpus_dir, block)
     result = doit(fresh, "engines-status", "--json")
     assert result.returncode == 1, result.stderr  # nothing is in fresh's local cache yet
@@ -46,30 +46,43 @@ def test_status_without_a_remote_block_has_no_remote_column(tmp_path, corpus_dir
 
 
 def test_gc_remote_plans_then_deletes_superseded_entries_and_stale_hosts(tmp_path, corpus_dir, s3_server, bucket):
-    block = remote_block(s3_server.endpoint, bucket, host_max_age_days=2 / 86400)  # 2 s
+    block = remote_block(s3_server.endpoint, bucket, host_max_age_days=2 / 86400, corpus="vision")  # 2 s
     summary = make_host(tmp_path, "builder", corpus_dir, block).provision()
-    fs = s3fs_client(s3_server.endpoint)
-    det = summary.by_name()["det"]
-    host_key = det.entry.inputs["host"]["host_key"]
-    parsed = EngineFilenameSchema.parse(det.entry.file_name)
-    old_name = EngineFilenameSchema.compose(parsed.__class__(**{**parsed.__dict__, "settings_digest": "00000000"}))
-    for obj in ("engine", "manifest.json", "sha256"):  # det as an older build had left it
-        fs.pipe_file(f"{bucket}/engines/{host_key}/{old_name}/{obj}", b"old " + obj.encode())
-    fs.pipe_file(f"{bucket}/engines/x86_64-avx2-0ld0ff/{old_name}/sha256", b"gone host")
+    entries = remote_entries(s3_server.endpoint, bucket, summary)
+    fs, det = entries["det"].fs, entries["det"]
+    # det as this corpus built it from an earlier ONNX: same name, other inputs digest, build.corpus "vision".
+    old = det.base.rsplit("/", 1)[0] + "/" + "0" * 32
+    old_manifest = json.loads(det.cat(det.manifest_key()))
+    old_blob = json.dumps(old_manifest).encode()
+    fs.pipe_file(f"{old}/manifest/{hashlib.sha256(old_blob).hexdigest()}", old_blob)
+    fs.pipe_file(f"{old}/engine/{'1' * 64}", b"old engine")
+    fs.pipe_file(f"{old}/commit/unsigned", entry_message(
+        "default", det.host_key, det.name, "0" * 32, "1" * 64, 10, hashlib.sha256(old_blob).hexdigest())
+        + b"signature none\n")
+    foreign = det.base.rsplit("/", 1)[0] + "/" + "f" * 32  # another corpus's det: kept
+    other_blob = json.dumps({**old_manifest, "build": {**old_manifest["build"], "corpus": "audio"}}).encode()
+    fs.pipe_file(f"{foreign}/manifest/{hashlib.sha256(other_blob).hexdigest()}", other_blob)
+    fs.pipe_file(f"{foreign}/commit/unsigned", entry_message(
+        "default", det.host_key, det.name, "f" * 32, "2" * 64, 10, hashlib.sha256(other_blob).hexdigest())
+        + b"signature none\n")
+    fs.pipe_file(f"{bucket}/engines/x86_64-avx2-0ld0ff/{det.name}/{'0' * 32}/commit/unsigned", b"gone host")
     time.sleep(2.5)  # the other host is now older than host_max_age_days (our own host key never is)
     host = make_host(tmp_path, "ops", corpus_dir, block)
     plan = doit(host, "engines-gc", "--remote", "--json")
     assert plan.returncode == 0, plan.stderr
     document = json.loads(plan.stdout)
     reasons = {item["path"].split("/engines/", 1)[1]: item["reason"] for item in document["items"]}
-    assert set(reasons) == {f"{host_key}/{old_name}", "x86_64-avx2-0ld0ff"}, reasons
-    assert "superseded" in reasons[f"{host_key}/{old_name}"] and "not seen" in reasons["x86_64-avx2-0ld0ff"]
-    assert fs.exists(f"{bucket}/engines/{host_key}/{old_name}/engine"), "a dry run deleted something"
+    own_old = old.split("/engines/", 1)[1]
+    assert set(reasons) == {own_old, "x86_64-avx2-0ld0ff"}, reasons
+    assert "superseded" in reasons[own_old] and "not seen" in reasons["x86_64-avx2-0ld0ff"]
+    assert any("names corpus 'audio'" in kept for kept in document["kept"]), document["kept"]
+    assert fs.exists(f"{old}/commit/unsigned"), "a dry run deleted something"
     applied = doit(host, "engines-gc", "--remote", "--apply")
     assert applied.returncode == 0 and "freed" in applied.stdout, applied.stderr
     remaining = {p.split("/engines/", 1)[1] for p in fs.find(f"{bucket}/engines")}
-    assert not any(old_name in p or p.startswith("x86_64-avx2-0ld0ff") for p in remaining)
-    assert all(f"{host_key}/{r.entry.file_name}/sha256" in remaining for r in summary), "a current entry was deleted"
+    assert not any(own_old in p or p.startswith("x86_64-avx2-0ld0ff") for p in remaining)
+    assert any(p.startswith(foreign.split("/engines/", 1)[1]) for p in remaining), "another corpus's entry went"
+    assert all(e.commit_key().split("/engines/", 1)[1] in remaining for e in entries.values()), "a current entry went"
 
 
 def test_gc_remote_without_remote_block_is_a_one_line_error(tmp_path, corpus_dir):

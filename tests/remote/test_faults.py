@@ -14,7 +14,7 @@ from provisioning import Sha256Sidecar
 from provisioning.cache import check_entry
 from provisioning.sidecar import is_temp_name
 
-from .conftest import LOOPBACK, make_bucket, make_host, remote_block, s3fs_client, warnings_of
+from .conftest import LOOPBACK, make_bucket, make_host, remote_block, remote_entries, s3fs_client, warnings_of
 
 
 def assert_cache_clean(host, summary):
@@ -32,16 +32,12 @@ def _expected(result):
     return BuildInputs(**result.entry.inputs)
 
 
-def _entry_key(bucket, result, obj):
-    return f"{bucket}/engines/{result.entry.inputs['host']['host_key']}/{result.entry.file_name}/{obj}"
-
-
 def test_corrupted_engine_object_is_discarded_rebuilt_and_repaired(tmp_path, corpus_dir, s3_server, bucket, caplog):
     block = remote_block(s3_server.endpoint, bucket)
     first = make_host(tmp_path, "a", corpus_dir, block).provision()
-    det = first.by_name()["det"]
-    fs = s3fs_client(s3_server.endpoint)
-    key = _entry_key(bucket, det, "engine")
+    det = remote_entries(s3_server.endpoint, bucket, first)["det"]
+    fs = det.fs
+    key = det.engine_key()
     damaged = bytearray(fs.cat_file(key))
     damaged[len(damaged) // 2] ^= 0xFF  # same size, one flipped byte: only the hash can tell
     fs.pipe_file(key, bytes(damaged))
@@ -52,44 +48,46 @@ def test_corrupted_engine_object_is_discarded_rebuilt_and_repaired(tmp_path, cor
     assert sources == {"det": ("BUILT", "local"), "cls": ("REUSED", "remote"), "emb": ("REUSED", "remote")}
     assert_cache_clean(b, summary)
     lines = warnings_of(caplog)
-    assert len(lines) == 1 and "engine bytes do not match the sidecar" in lines[0] and "det" in lines[0]
+    assert len(lines) == 1 and "engine bytes do not match" in lines[0] and "det" in lines[0]
     # b uploaded its verified build over the damaged entry: the next host fetches everything.
     c = make_host(tmp_path, "c", corpus_dir, block)
     assert [r.source for r in c.provision()] == ["remote"] * 3
 
 
-def test_sidecar_without_engine_reads_as_unusable(tmp_path, corpus_dir, s3_server, bucket, caplog):
+def test_a_record_without_its_engine_reads_as_unusable(tmp_path, corpus_dir, s3_server, bucket, caplog):
     block = remote_block(s3_server.endpoint, bucket)
-    cls = make_host(tmp_path, "a", corpus_dir, block).provision().by_name()["cls"]
-    s3fs_client(s3_server.endpoint).rm_file(_entry_key(bucket, cls, "engine"))
+    cls = remote_entries(s3_server.endpoint, bucket, make_host(tmp_path, "a", corpus_dir, block).provision())["cls"]
+    cls.rm(cls.engine_key())
     b = make_host(tmp_path, "b", corpus_dir, block)
     with caplog.at_level(logging.WARNING):
         summary = b.provision()
     assert summary.by_name()["cls"].source == "local" and summary.built == 1
     assert_cache_clean(b, summary)
     lines = warnings_of(caplog)
-    assert len(lines) == 1 and "engine object is missing" in lines[0]
+    assert len(lines) == 1 and "engine part is missing" in lines[0]
+    c = make_host(tmp_path, "c", corpus_dir, block)
+    assert [r.source for r in c.provision()] == ["remote"] * 3  # b replaced the record
 
 
 def test_server_killed_mid_upload_keeps_the_local_engine_and_warns_once(tmp_path, corpus_dir, private_server, caplog):
     bucket = make_bucket(private_server.endpoint)
     host = make_host(tmp_path, "a", corpus_dir, remote_block(private_server.endpoint, bucket, timeout_s=1.5))
     compiler, remote, _ = host.compiler()
-    put_file = remote.store.put_file
+    put_file = remote.store.put_file_exclusive
     seen = {}
 
     def put_then_die(path, local, timeout):
-        put_file(path, local, timeout)  # the engine object is in the bucket...
+        put_file(path, local, timeout)  # the engine part is in the bucket...
         fs = s3fs_client(private_server.endpoint)
-        seen["sidecar_before_kill"] = fs.exists(path.rsplit("/", 1)[0] + "/sha256")
-        private_server.stop()  # ...and the server dies before manifest and sidecar
+        seen["record_before_kill"] = fs.exists(path.rsplit("/", 2)[0] + "/commit")
+        private_server.stop()  # ...and the server dies before the manifest and the commit record
 
-    remote.store.put_file = put_then_die
+    remote.store.put_file_exclusive = put_then_die
     started = time.monotonic()
     with caplog.at_level(logging.WARNING):
         summary = host.provision(compiler)
     elapsed = time.monotonic() - started
-    assert seen == {"sidecar_before_kill": False}, "an entry without a sidecar must not exist yet"
+    assert seen == {"record_before_kill": False}, "a commit record must come after its parts"
     assert summary.built == 3
     assert_cache_clean(host, summary)
     lines = warnings_of(caplog)
@@ -103,15 +101,16 @@ def test_server_killed_mid_download_publishes_nothing_partial(tmp_path, corpus_d
     make_host(tmp_path, "a", corpus_dir, block).provision()
     host = make_host(tmp_path, "b", corpus_dir, block)
     compiler, remote, _ = host.compiler()
-    remote.download_chunk_bytes = 256  # several ranged reads per engine
-    read_range = remote.store.read_range
+    download = remote.store.download
 
-    def first_chunk_then_die(path, start, end, timeout):
-        chunk = read_range(path, start, end, timeout)
-        private_server.stop()
-        return chunk
+    def first_bytes_then_die(path, fd, size, sha256, stall_s, progress=None):
+        def die(done):
+            if done:
+                private_server.stop()
+        remote.store.part_bytes = 256  # several ranged reads per engine
+        return download(path, fd, size, sha256, stall_s, progress=die)
 
-    remote.store.read_range = first_chunk_then_die
+    remote.store.download = first_bytes_then_die
     with caplog.at_level(logging.WARNING):
         summary = host.provision(compiler)
     assert summary.built == 3 and all(r.source == "local" for r in summary)

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import threading
+from pathlib import Path
 
 from .conftest import make_host, warnings_of
 from .test_faults import assert_cache_clean
@@ -31,9 +32,15 @@ def provision_within(host, seconds):
     return box["summary"]
 
 
-def _names(summary):
-    first = next(iter(summary))
-    return first.entry.inputs["host"]["host_key"], {r.model_name: r.entry.file_name for r in summary}
+def _entries(root, summary):
+    """Each result's entry folder in the remote (layout 2), by model name, and the host key."""
+    import fsspec
+
+    from .conftest import RemoteEntry
+
+    fs = fsspec.filesystem("file")
+    entries = {r.model_name: RemoteEntry(fs, str(root), r) for r in summary}
+    return next(iter(entries.values())).host_key, entries
 
 
 def _outside(tmp_path):
@@ -46,17 +53,18 @@ def _outside(tmp_path):
 
 def test_links_and_a_fifo_in_existing_entries_are_not_followed(tmp_path, corpus_dir, caplog):
     root = tmp_path / "shared"
-    host_key, names = _names(make_host(tmp_path, "a", corpus_dir, file_block(root)).provision())
+    host_key, entries = _entries(root, make_host(tmp_path, "a", corpus_dir, file_block(root)).provision())
     outside = _outside(tmp_path)
-    entry = {model: root / host_key / name for model, name in names.items()}
+    det, cls, emb = (Path(entries[m].base) for m in ("det", "cls", "emb"))
     (root / host_key / "_seen.json").unlink()
     (root / host_key / "_seen.json").symlink_to(outside / "precious")  # the builder writes here first
-    (entry["det"] / "sha256").unlink()
-    os.mkfifo(entry["det"] / "sha256")  # a reader that opens it blocks forever
-    (entry["cls"] / "engine").unlink()
-    (entry["cls"] / "engine").symlink_to(outside / "precious")
-    shutil.move(entry["emb"], outside / "emb-copy")  # a valid entry, but outside the root
-    entry["emb"].symlink_to(outside / "emb-copy")
+    (det / "commit" / "unsigned").unlink()
+    os.mkfifo(det / "commit" / "unsigned")  # a reader that opens it blocks forever
+    cls_engine = Path(entries["cls"].engine_key())
+    cls_engine.unlink()
+    cls_engine.symlink_to(outside / "precious")
+    shutil.move(emb, outside / "emb-copy")  # a valid entry, but outside the root
+    emb.symlink_to(outside / "emb-copy")
     before = snapshot(tmp_path, skip=[tmp_path / "b", root])
     b = make_host(tmp_path, "b", corpus_dir, file_block(root))
     with caplog.at_level(logging.WARNING):
@@ -67,22 +75,23 @@ def test_links_and_a_fifo_in_existing_entries_are_not_followed(tmp_path, corpus_
     assert len(lines) == 3 and all("discarded" in line for line in lines), lines
     assert "not a regular file" in lines[0] and "symlink" in lines[1] and "link or not a folder" in lines[2]
     assert snapshot(tmp_path, skip=[tmp_path / "b", root]) == before, "a file outside the remote changed"
-    planted = [root / host_key / "_seen.json", entry["det"] / "sha256", entry["cls"] / "engine", entry["emb"]]
-    assert not any(p.is_symlink() for p in planted) and (entry["det"] / "sha256").is_file()
+    planted = [root / host_key / "_seen.json", det / "commit" / "unsigned", cls_engine, emb]
+    assert not any(p.is_symlink() for p in planted) and (det / "commit" / "unsigned").is_file()
     c = make_host(tmp_path, "c", corpus_dir, file_block(root))
     assert [r.source for r in provision_within(c, 30)] == ["remote"] * 3
 
 
 def test_links_planted_at_upload_paths_are_replaced_not_written_through(tmp_path, corpus_dir, caplog):
-    host_key, names = _names(make_host(tmp_path, "a", corpus_dir, None).provision())  # learn the names
     root = tmp_path / "shared"
+    host_key, entries = _entries(root, make_host(tmp_path, "a", corpus_dir, None).provision())  # learn the paths
     outside = _outside(tmp_path)
-    (root / host_key / names["det"]).mkdir(parents=True)
+    det, cls, emb = (Path(entries[m].base) for m in ("det", "cls", "emb"))
+    for folder in (det, cls.parent, emb):
+        folder.mkdir(parents=True)
     (root / host_key / "_seen.json").symlink_to(outside / "precious")
-    (root / host_key / names["det"] / "engine").symlink_to(outside / "precious")
-    (root / host_key / names["cls"]).symlink_to(outside / "folder")  # a whole entry folder
-    (root / host_key / names["emb"]).mkdir()
-    (root / host_key / names["emb"] / "lease").symlink_to(outside / "precious")
+    (det / "engine").symlink_to(outside / "folder")  # where the engine part is written
+    cls.symlink_to(outside / "folder")  # a whole entry folder
+    (emb / "lease").symlink_to(outside / "precious")
     before = snapshot(tmp_path, skip=[tmp_path / "b", root])
     b = make_host(tmp_path, "b", corpus_dir, file_block(root))
     with caplog.at_level(logging.WARNING):
@@ -92,6 +101,6 @@ def test_links_planted_at_upload_paths_are_replaced_not_written_through(tmp_path
     assert snapshot(tmp_path, skip=[tmp_path / "b", root]) == before, "a file outside the remote changed"
     assert list((outside / "folder").iterdir()) == []
     lines = warnings_of(caplog)  # the linked entry folder reads as a bad entry; the others as absent
-    assert len(lines) == 1 and names["cls"] in lines[0] and "link or not a folder" in lines[0], lines
+    assert len(lines) == 1 and entries["cls"].name in lines[0] and "link or not a folder" in lines[0], lines
     c = make_host(tmp_path, "c", corpus_dir, file_block(root))
     assert [r.source for r in provision_within(c, 30)] == ["remote"] * 3

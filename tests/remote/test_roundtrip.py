@@ -8,9 +8,7 @@ import logging
 
 
 from provisioning import Sha256Sidecar
-from provisioning.remote.store import ENGINE, MANIFEST, SIDECAR, SIGNATURE
-
-from .conftest import make_host, remote_block, s3fs_client, warnings_of
+from .conftest import make_host, remote_block, remote_entries, s3fs_client, warnings_of
 
 HMAC_KEY = base64.b16encode(b"k" * 32).decode()
 OTHER_KEY = base64.b16encode(b"o" * 32).decode()
@@ -28,10 +26,11 @@ def test_second_host_reuses_the_first_hosts_engines_from_the_bucket(tmp_path, co
     built = a.provision()
     assert built.built == 3
     objects = _entry_objects(s3_server.endpoint, bucket)
-    for result in built:
-        host_key = result.entry.inputs["host"]["host_key"]
-        for obj in (ENGINE, MANIFEST, SIDECAR):
-            assert f"{host_key}/{result.entry.file_name}/{obj}" in objects
+    for model, entry in remote_entries(s3_server.endpoint, bucket, built).items():
+        assert entry.commit_ids() == ["unsigned"]
+        fields = entry.fields()
+        assert fields.engine_sha256 == built.by_name()[model].entry.sha256
+        assert sorted(entry.objects()) == sorted([entry.commit_key(), entry.engine_key(), entry.manifest_key()])
     assert not any(o.endswith("/lease") for o in objects), "leases are released after upload"
 
     with caplog.at_level(logging.INFO):
@@ -73,7 +72,7 @@ def test_signed_entries_are_fetched_with_the_same_key(tmp_path, corpus_dir, s3_s
     block = remote_block(s3_server.endpoint, bucket, signing_key={"env": "ENGINE_CACHE_KEY"}, require_signature=True)
     make_host(tmp_path, "a", corpus_dir, block).provision()
     objects = _entry_objects(s3_server.endpoint, bucket)
-    assert sum(o.endswith("/" + SIGNATURE) for o in objects) == 3
+    assert sum("/commit/" in o and not o.endswith("/unsigned") for o in objects) == 3
     fs = s3fs_client(s3_server.endpoint)
     for path in fs.find(f"{bucket}/engines"):
         assert HMAC_KEY.encode() not in fs.cat_file(path), f"key material stored in {path}"
@@ -94,7 +93,7 @@ def test_entry_signed_with_another_key_is_never_fetched(tmp_path, corpus_dir, s3
         summary = b.provision()
     assert summary.built == 3 and all(r.source == "local" for r in summary)
     lines = warnings_of(caplog)
-    assert len(lines) == 3 and all("signed with another key" in line for line in lines)
+    assert len(lines) == 3 and all("does not trust" in line for line in lines)
     assert not any(HMAC_KEY in line or OTHER_KEY in line for line in lines)
     assert all(Sha256Sidecar.verify(r.entry.path) for r in summary)
 
@@ -107,7 +106,7 @@ def test_require_signature_rejects_an_unsigned_entry(tmp_path, corpus_dir, s3_se
     with caplog.at_level(logging.WARNING):
         summary = b.provision()
     assert summary.built == 3
-    assert [line for line in warnings_of(caplog) if "entry is not signed" in line] and len(warnings_of(caplog)) == 3
+    assert len(warnings_of(caplog)) == 3 and all("does not trust ('unsigned')" in w for w in warnings_of(caplog))
     # b replaced the entries it could not verify with its own signed ones: a third host reuses them.
     c = make_host(tmp_path, "c", corpus_dir, remote_block(
         s3_server.endpoint, bucket, signing_key={"env": "KEY_B"}, require_signature=True))
