@@ -50,6 +50,7 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.optimized_model_filepath = str(optimised)
         options.log_severity_level = 3
+        build_session_threads(options)
         try:
             ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
@@ -114,6 +115,27 @@ class OnnxRuntimeBackend:
 
         tolerance = "int8" if spec.precision == "int8" else "fp32"
         return qualify(spec, run, tolerance=tolerance, device=f"CPU {cpu_name()}")
+
+
+THREADS_ENV = "PROVISIONING_ORT_THREADS"
+
+
+def build_session_threads(options) -> int:
+    """One intra-op and one inter-op thread for a build's session (``$PROVISIONING_ORT_THREADS`` overrides).
+
+    A build only optimises the graph, which ONNX Runtime does on the calling thread; by
+    default a session also starts one intra-op thread per core, which spin while idle. With
+    ``doit -n N`` running N builds at once, N x cores threads would fight over N cores: one
+    thread each lets N builds run on N cores. Returns the intra-op count set.
+    """
+    try:
+        threads = max(1, int(os.environ.get(THREADS_ENV, "1")))
+    except ValueError:
+        threads = 1
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return threads
 
 
 class _QuantizerAdvice(logging.Filter):
