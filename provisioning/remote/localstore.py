@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 from ..sidecar import open_nofollow, write_all
 from .store import ConditionalWriteUnsupported, RemoteContentError, RemoteStore, RemoteUnavailable
+from .transfer import LocalWriteError, OrderedHasher, run_in_worker
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -150,65 +151,175 @@ class LocalRemoteStore(RemoteStore):
             raise _unavailable(exc) from exc
 
     # -- the RemoteStore calls ---------------------------------------------------------
+    # Each runs in a daemon worker thread (transfer.run_in_worker): a hung mount blocks
+    # the worker, and the caller gets RemoteUnavailable (TimeoutError cause) after
+    # ``timeout`` seconds without progress. Copies tick per chunk, so only a stall counts.
+    def _bounded(self, fn, timeout: float, what: str):
+        return run_in_worker(fn, max(0.1, timeout), what)
+
     def read_small(self, path: str, limit: int, timeout: float) -> bytes | None:
-        found = self.read_small_info(path, limit, timeout)
+        found = self.read_small_tagged(path, limit, timeout)
         return None if found is None else found[0]
 
     def read_small_info(self, path: str, limit: int, timeout: float) -> tuple[bytes, float | None] | None:
+        found = self.read_small_tagged(path, limit, timeout)
+        return None if found is None else (found[0], found[1])
+
+    def read_small_tagged(self, path: str, limit: int,
+                          timeout: float) -> tuple[bytes, float | None, str | None] | None:
+        """(data, mtime, tag); the tag is :func:`file_tag` of the file as read."""
+        return self._bounded(lambda ticker: self._read_small_now(path, limit, ticker), timeout, "read")
+
+    def _read_small_now(self, path: str, limit: int, ticker) -> tuple[bytes, float | None, str] | None:
         with self._reading(path) as fd:
             if fd is None:
                 return None
+            st = os.fstat(fd)
+            if st.st_size > limit:
+                raise RemoteContentError(f"larger than {limit} bytes")
             chunks, total = [], 0
             while total <= limit:
-                chunk = os.read(fd, limit + 1 - total)
+                chunk = _read(fd, limit + 1 - total)
+                ticker.tick()
                 if not chunk:
                     break
                 chunks.append(chunk)
                 total += len(chunk)
             if total > limit:
                 raise RemoteContentError(f"larger than {limit} bytes")
-            return b"".join(chunks), os.fstat(fd).st_mtime
+            return b"".join(chunks), st.st_mtime, file_tag(st)
+
+    def download(self, path: str, fd: int, size: int, sha256_hex: str, stall_s: float, *,
+                 progress=None) -> None:
+        """The RemoteStore.download contract on a mount: sequential reads, hashed as they go.
+
+        The worker writes through its own duplicate of ``fd``, so an abandoned worker (a
+        hung mount) can never write into a descriptor number the caller has reused.
+        ``progress`` is called from the worker thread.
+        """
+        own = os.dup(fd)
+        try:
+            sink = OrderedHasher(own, size, progress)
+        except BaseException:
+            os.close(own)
+            raise
+
+        def copy(ticker) -> None:
+            try:
+                with self._reading(path) as src:
+                    if src is None:
+                        raise FileNotFoundError(path)
+                    actual = os.fstat(src).st_size
+                    if actual != size:
+                        raise RemoteContentError(f"is {actual} bytes, expected {size}")
+                    offset = 0
+                    while offset < size:
+                        chunk = _pread(src, min(_CHUNK, size - offset), offset)
+                        ticker.tick()
+                        if not chunk:
+                            raise RemoteContentError(f"is shorter than the expected {size} bytes (ended at {offset})")
+                        sink.add(offset, chunk)
+                        offset += len(chunk)
+                    if _pread(src, 1, size):
+                        raise RemoteContentError(f"is longer than the expected {size} bytes")
+            finally:
+                os.close(own)
+
+        try:
+            self._bounded(copy, stall_s, "download")
+        except LocalWriteError as exc:
+            raise exc.error from None
+        sink.finish(sha256_hex)
 
     def size(self, path: str, timeout: float) -> int | None:
-        with self._reading(path) as fd:
-            return None if fd is None else os.fstat(fd).st_size
+        def now(ticker) -> int | None:
+            with self._reading(path) as fd:
+                return None if fd is None else os.fstat(fd).st_size
+
+        return self._bounded(now, timeout, "size")
 
     def read_range(self, path: str, start: int, end: int, timeout: float) -> bytes:
-        with self._reading(path) as fd:
-            if fd is None:
-                raise RemoteContentError("vanished while being read")
-            return os.pread(fd, end - start, start)
+        def now(ticker) -> bytes:
+            with self._reading(path) as fd:
+                if fd is None:
+                    raise RemoteContentError("vanished while being read")
+                return _pread(fd, end - start, start)
+
+        return self._bounded(now, timeout, "read")
 
     def put_bytes(self, path: str, data: bytes, timeout: float) -> None:
-        self._write(path, lambda fd: write_all(fd, memoryview(data)), exclusive=False)
+        self._bounded(lambda ticker: self._write(path, lambda fd: write_all(fd, memoryview(data)), exclusive=False),
+                      timeout, "write")
 
-    def put_file(self, path: str, local: str, timeout: float) -> None:
+    def _copy_from(self, local: str, ticker):
         def copy(fd: int) -> None:
             src = open_nofollow(local)
             try:
                 while chunk := os.read(src, _CHUNK):
                     write_all(fd, memoryview(chunk))
+                    ticker.tick()
             finally:
                 os.close(src)
 
-        self._write(path, copy, exclusive=False)
+        return copy
+
+    def put_file(self, path: str, local: str, timeout: float) -> None:
+        self._bounded(lambda ticker: self._write(path, self._copy_from(local, ticker), exclusive=False),
+                      timeout, "upload")
+
+    def put_file_exclusive(self, path: str, local: str, timeout: float) -> bool:
+        """Copy to a temporary file, then hard-link it into place: False if anything is there."""
+        return self._bounded(lambda ticker: self._write(path, self._copy_from(local, ticker), exclusive=True),
+                             timeout, "upload")
 
     def create_exclusive(self, path: str, data: bytes, timeout: float) -> bool:
-        return self._write(path, lambda fd: write_all(fd, memoryview(data)), exclusive=True)
+        return self._bounded(
+            lambda ticker: self._write(path, lambda fd: write_all(fd, memoryview(data)), exclusive=True),
+            timeout, "write")
 
     def delete(self, paths: list[str], timeout: float) -> None:
-        for path in paths:
+        def now(ticker) -> None:
+            for path in paths:
+                parts = self._parts(path)
+                try:
+                    with self._folder(parts[:-1], create=False) as folder:
+                        os.unlink(parts[-1], dir_fd=folder)  # removes a link itself, never its target
+                except (FileNotFoundError, RemoteContentError):
+                    pass  # absent, or under a link: nothing of ours to delete
+                except OSError as exc:
+                    raise _unavailable(exc) from exc
+                ticker.tick()
+
+        self._bounded(now, timeout, "delete")
+
+    def delete_if_match(self, path: str, etag: str, timeout: float) -> bool:
+        """Unlink ``path`` only if :func:`file_tag` of it (lstat) is still ``etag``.
+
+        Not atomic: a POSIX file system has no compare-and-unlink, so a file renamed into
+        place between the check and the unlink (microseconds) is removed instead. False
+        when absent, changed, or below a link.
+        """
+        def now(ticker) -> bool:
             parts = self._parts(path)
             try:
                 with self._folder(parts[:-1], create=False) as folder:
-                    os.unlink(parts[-1], dir_fd=folder)  # removes a link itself, never its target
+                    st = os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
+                    if file_tag(st) != etag:
+                        return False
+                    os.unlink(parts[-1], dir_fd=folder)
+                    return True
             except (FileNotFoundError, RemoteContentError):
-                pass  # absent, or under a link: nothing of ours to delete
+                return False
             except OSError as exc:
                 raise _unavailable(exc) from exc
 
+        return self._bounded(now, timeout, "delete")
+
     def list_dir(self, path: str, timeout: float) -> list[dict[str, Any]]:
         """Entries directly under ``path`` (lstat: a link is listed, never followed)."""
+        return self._bounded(lambda ticker: self._list_dir_now(path), timeout, "list")
+
+    def _list_dir_now(self, path: str) -> list[dict[str, Any]]:
         parts = self._parts(path) if path.rstrip("/") != self.root else []
         try:
             with self._folder(parts, create=False) as folder:
@@ -230,17 +341,40 @@ class LocalRemoteStore(RemoteStore):
 
     def find(self, path: str, timeout: float) -> dict[str, dict[str, Any]]:
         """Every entry under ``path`` (links listed, never descended), with lstat's size and mtime."""
-        found: dict[str, dict[str, Any]] = {}
-        for folder, dirs, files in os.walk(path, followlinks=False):
-            for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
-                full = os.path.join(folder, name)
-                try:
-                    st = os.lstat(full)
-                except FileNotFoundError:
-                    continue
-                found[full] = {"name": full, "size": st.st_size, "mtime": st.st_mtime,
-                               "type": "file" if stat.S_ISREG(st.st_mode) else "other"}
-        return found
+        def now(ticker) -> dict[str, dict[str, Any]]:
+            found: dict[str, dict[str, Any]] = {}
+            for folder, dirs, files in os.walk(path, followlinks=False):
+                ticker.tick()  # a listing that keeps finding folders is progressing
+                for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+                    full = os.path.join(folder, name)
+                    try:
+                        st = os.lstat(full)
+                    except FileNotFoundError:
+                        continue
+                    found[full] = {"name": full, "size": st.st_size, "mtime": st.st_mtime,
+                                   "type": "file" if stat.S_ISREG(st.st_mode) else "other"}
+            return found
+
+        return self._bounded(now, timeout, "list")
+
+
+def file_tag(st: os.stat_result) -> str:
+    """A file's ETag stand-in: device, inode, mtime (ns) and size; a rewrite or rename-over changes it."""
+    return f'"{st.st_dev:x}-{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"'
+
+
+def _read(fd: int, n: int) -> bytes:
+    try:
+        return os.read(fd, n)
+    except OSError as exc:
+        raise _unavailable(exc) from exc
+
+
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    try:
+        return os.pread(fd, n, offset)
+    except OSError as exc:
+        raise _unavailable(exc) from exc
 
 
 def _unavailable(exc: OSError) -> RemoteUnavailable:

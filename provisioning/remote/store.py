@@ -62,12 +62,11 @@ class RemoteStore:
     listings, deletes) must complete within ``timeout``. See :mod:`.transfer`.
     """
 
-    #: downloads: objects up to this size take one GET; larger ones parallel ranged GETs
-    single_get_bytes = 16 << 20
-    #: downloads: the size of one ranged GET, and how many are in flight; at most
-    #: ``download_concurrency * download_part_bytes`` bytes are held in memory
-    download_part_bytes = 16 << 20
-    download_concurrency = 4
+    #: downloads: objects up to ``part_bytes`` take one GET, larger ones ranged GETs of
+    #: ``part_bytes``, ``concurrency`` in flight; at most ``concurrency * part_bytes``
+    #: bytes are held in memory (parts that arrive ahead of the hash frontier)
+    part_bytes = 16 << 20
+    concurrency = 4
     #: uploads: files up to this size take one PUT; larger ones a multipart upload
     single_put_bytes = 32 << 20
     upload_part_bytes = 16 << 20
@@ -195,15 +194,15 @@ class RemoteStore:
                  progress: Callable[[int], None] | None = None) -> None:
         """Write the ``size`` bytes of an object into ``fd`` (at offsets; not closed here).
 
-        One GET up to :attr:`single_get_bytes`, else parallel ranged GETs of
-        :attr:`download_part_bytes`, :attr:`download_concurrency` in flight, pinned to the
-        first part's ETag. Bytes are hashed in order as they arrive (one pass, the file is
-        never read back); memory stays under ``download_concurrency * download_part_bytes``.
+        One GET up to :attr:`part_bytes`, else parallel ranged GETs of :attr:`part_bytes`,
+        :attr:`concurrency` in flight, pinned to the first part's ETag (If-Match). Bytes are
+        hashed in order as they arrive (one pass, the file is never read back); memory
+        stays under ``concurrency * part_bytes``.
         RemoteContentError when the object is shorter or longer than ``size``, a response's
         Content-Range / Content-Length does not match its request, the object changes
         mid-download, or the SHA-256 differs ("engine bytes do not match the sidecar").
         RemoteUnavailable on transport failures and after ``stall_s`` without progress;
-        OSError when writing ``fd`` fails. ``progress`` is
+        FileNotFoundError when the object is absent; OSError when writing ``fd`` fails. ``progress`` is
         called with the bytes received so far.
         """
         from . import transfer
@@ -212,14 +211,10 @@ class RemoteStore:
         sink = transfer.OrderedHasher(fd, size, progress)
 
         def fetch(ticker):
-            return transfer.s3_download(self.fs, bucket, key, sink, ticker, part_bytes=self.download_part_bytes,
-                                        concurrency=self.download_concurrency,
-                                        single_get_bytes=self.single_get_bytes)
+            return transfer.s3_download(self.fs, bucket, key, sink, ticker, part_bytes=max(1, self.part_bytes),
+                                        concurrency=max(1, self.concurrency))
 
-        try:
-            self._stream(fetch, stall_s, "download")
-        except FileNotFoundError:
-            raise RemoteContentError("is absent (removed while being fetched)") from None
+        self._stream(fetch, stall_s, "download")
         sink.finish(sha256_hex)
 
     def size(self, path: str, timeout: float) -> int | None:

@@ -307,10 +307,10 @@ async def _fetch_part(fs: Any, bucket: str, key: str, start: int, end: int, size
 
 
 async def s3_download(fs: Any, bucket: str, key: str, sink: OrderedHasher, ticker: Ticker, *,
-                      part_bytes: int, concurrency: int, single_get_bytes: int) -> None:
-    """Fetch the object into ``sink``: one GET up to ``single_get_bytes``, else parallel parts."""
+                      part_bytes: int, concurrency: int) -> None:
+    """Fetch the object into ``sink``: one GET up to ``part_bytes``, else parallel ranged parts."""
     size = sink.size
-    if size <= max(single_get_bytes, part_bytes):
+    if size <= part_bytes:
         await _fetch_part(fs, bucket, key, 0, size, size, sink, ticker, None)
         return
     parts = [(start, min(size, start + part_bytes)) for start in range(0, size, part_bytes)]
