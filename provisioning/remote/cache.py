@@ -283,6 +283,12 @@ class RemoteCache:
                 lease = BuilderLease(store, paths.lease, engine_path, cfg.lease_s, cfg.timeout_s)
                 try:
                     if lease.try_acquire():
+                        # The builder before us may have committed and released between our
+                        # look and our claim: look again, holding the lease, before building.
+                        found = self._find_commit(paths)
+                        if found is not None:
+                            lease.release()
+                            return found
                         self._leases[paths.engine_name] = lease
                         return None  # this host builds; publish() uploads and releases
                 except ConditionalWriteUnsupported as exc:

@@ -107,7 +107,7 @@ def test_server_killed_mid_download_publishes_nothing_partial(tmp_path, corpus_d
         def die(done):
             if done:
                 private_server.stop()
-        remote.store.part_bytes = 256  # several ranged reads per engine
+        remote.store.part_bytes, remote.store.concurrency = 256, 1  # several ranged reads per engine, in turn
         return download(path, fd, size, sha256, stall_s, progress=die)
 
     remote.store.download = first_bytes_then_die

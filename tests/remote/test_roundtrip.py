@@ -128,3 +128,21 @@ def test_ed25519_key_pair_signs_and_a_public_key_only_reader_verifies(tmp_path, 
     reader = make_host(tmp_path, "edge", corpus_dir, remote_block(
         s3_server.endpoint, bucket, signing_key=reader_key, require_signature=True, mode="read-only"))
     assert [r.source for r in reader.provision()] == ["remote"] * 3
+
+
+def test_a_record_committed_between_the_look_and_the_claim_is_fetched_not_rebuilt(tmp_path, corpus_dir, s3_server,
+                                                                                   bucket):
+    block = remote_block(s3_server.endpoint, bucket)
+    make_host(tmp_path, "a", corpus_dir, block).provision()
+    b = make_host(tmp_path, "b", corpus_dir, block)
+    compiler, remote, _ = b.compiler()
+    find, looks = remote._find_commit, []
+
+    def first_look_misses(paths):  # as if a's record landed (and its lease went) just after b looked
+        looks.append(paths.engine_name)
+        return None if len(looks) == 1 else find(paths)
+
+    remote._find_commit = first_look_misses
+    summary = b.provision(compiler)
+    assert [r.source for r in summary] == ["remote"] * 3 and summary.built == 0
+    assert looks[0] == looks[1], "the claim was not followed by a second look"

@@ -409,3 +409,28 @@ def test_share_build_details_uploads_the_manifest_as_built(tmp_path, corpus_dir,
     det = remote_entries(s3_server.endpoint, bucket, built)["det"]
     build = json.loads(det.cat(det.manifest_key()))["build"]
     assert build["onnx_path"] == str(corpus_dir / "models" / "det.onnx") and isinstance(build["pid"], int)
+
+
+def test_a_manifest_for_other_inputs_is_refused_before_the_engine_is_downloaded(tmp_path, corpus_dir, s3_server,
+                                                                                bucket, monkeypatch, caplog):
+    block = signed_block(s3_server.endpoint, bucket, monkeypatch)
+    det = remote_entries(s3_server.endpoint, bucket, make_host(tmp_path, "a", corpus_dir, block).provision())["det"]
+    manifest = json.loads(det.cat(det.manifest_key()))
+    manifest["inputs"]["onnx_sha256"] = "0" * 64  # built from another ONNX, signed by a key holder
+    blob = manifest_bytes(manifest)
+    msha = hashlib.sha256(blob).hexdigest()
+    det.put(f"{det.base}/manifest/{msha}", blob)
+    fields = det.fields()
+    det.put(det.commit_key(), hmac_signer().sign(entry_message(
+        "default", det.host_key, det.name, det.digest, fields.engine_sha256, fields.size, msha)))
+    b = make_host(tmp_path, "b", corpus_dir, block)
+    compiler, remote, _ = b.compiler()
+    download, fetched = remote.store.download, []
+    remote.store.download = lambda path, *args, **kw: (fetched.append(path), download(path, *args, **kw))[1]
+    with caplog.at_level(logging.WARNING):
+        summary = b.provision(compiler)
+    assert summary.by_name()["det"].source == "local" and summary.built == 1
+    assert not any(det.name in path for path in fetched), "the engine was downloaded before the manifest check"
+    lines = warnings_of(caplog)
+    assert len(lines) == 1 and "manifest does not match this build: ONNX bytes changed" in lines[0], lines
+    assert_repaired(tmp_path, corpus_dir, block)
