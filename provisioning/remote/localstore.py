@@ -216,6 +216,8 @@ class LocalRemoteStore(RemoteStore):
                     while offset < size:
                         chunk = _pread(src, min(_CHUNK, size - offset), offset)
                         ticker.tick()
+                        if ticker.abandoned:
+                            return  # the caller gave up (a stall): write nothing more
                         if not chunk:
                             raise RemoteContentError(f"is shorter than the expected {size} bytes (ended at {offset})")
                         sink.add(offset, chunk)

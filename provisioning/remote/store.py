@@ -202,8 +202,9 @@ class RemoteStore:
         Content-Range / Content-Length does not match its request, the object changes
         mid-download, or the SHA-256 differs ("engine bytes do not match the sidecar").
         RemoteUnavailable on transport failures and after ``stall_s`` without progress;
-        FileNotFoundError when the object is absent; OSError when writing ``fd`` fails. ``progress`` is
-        called with the bytes received so far.
+        FileNotFoundError when the object is absent; OSError when writing ``fd`` fails.
+        ``progress(bytes_received)`` runs on the transfer's thread (s3fs's event loop, or
+        the file:// worker): it must be quick and must not call the store.
         """
         from . import transfer
 

@@ -46,6 +46,7 @@ class Ticker:
 
     def __init__(self) -> None:
         self.last = time.monotonic()
+        self.abandoned = False  # set when the caller stopped waiting: a worker stops writing
 
     def tick(self) -> None:
         self.last = time.monotonic()
@@ -175,6 +176,7 @@ def run_in_worker(fn: Callable[[Ticker], Any], stall_s: float, what: str) -> Any
     threading.Thread(target=work, name=f"remote-file {what}", daemon=True).start()
     while not done.wait(max(0.005, ticker.last + stall_s - time.monotonic())):
         if time.monotonic() - ticker.last >= stall_s:
+            ticker.abandoned = True
             raise stalled(what, stall_s)
     if "error" in box:
         raise box["error"]
