@@ -13,7 +13,11 @@ identity; the bucket is moto's standalone S3 server on 127.0.0.1 (a subprocess),
 through s3fs over HTTP. Printed figures:
 
 - compiles without the remote (N hosts x models) vs. with it (N hosts started together);
-- time-to-ready of a host that builds everything vs. one that fetches everything.
+- time-to-ready of a host that builds everything vs. one that fetches everything;
+- fetch cost: ``RemoteStore.download`` of a ``--fetch-gib`` engine (the product's fetch
+  path: ranged GETs, hashed as they arrive, SHA-256 checked) divided by a plain s3fs
+  ``get_file`` of the same object from the same server, alternated ``--fetch-rounds``
+  times, best of each (``--fetch-gib 0`` skips it; ``--fetch-only`` runs only it).
 """
 
 from __future__ import annotations
@@ -126,6 +130,52 @@ def start_moto() -> tuple[subprocess.Popen, str]:
     raise SystemExit("moto server did not start")
 
 
+def fetch_ratio(endpoint: str, gib: float, rounds: int) -> dict:
+    """Seconds of the product's fetch vs. a plain s3fs get_file of one ``gib`` object."""
+    import hashlib
+
+    import s3fs
+
+    from provisioning.remote.config import RemoteConfig
+    from provisioning.remote.store import RemoteStore
+
+    size = int(gib * (1 << 30))
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True, use_listings_cache=False)
+    fs.mkdir("fetch")
+    key = "fetch/engines/engine"
+    with tempfile.TemporaryDirectory(prefix="fleet-fetch-") as tmp:
+        source, target = Path(tmp) / "source", Path(tmp) / "target"
+        digest = hashlib.sha256()
+        with open(source, "wb") as out:
+            rng = np.random.default_rng(7)
+            left = size
+            while left:
+                block = rng.bytes(min(left, 16 << 20))
+                digest.update(block)
+                out.write(block)
+                left -= len(block)
+        fs.put_file(str(source), key)
+        source.unlink()
+        store = RemoteStore.open(RemoteConfig(config_path=Path(tmp) / "corpus.yaml", url="s3://fetch/engines",
+                                              endpoint_url=endpoint, timeout_s=60))
+        plain, fetch = [], []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            fs.get_file(key, str(target))
+            plain.append(time.perf_counter() - started)
+            target.unlink()
+            fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                started = time.perf_counter()
+                store.download(key, fd, size, digest.hexdigest(), 60)
+                fetch.append(time.perf_counter() - started)
+            finally:
+                os.close(fd)
+                target.unlink()
+    return {"bytes": size, "plain": plain, "fetch": fetch, "part_bytes": store.part_bytes,
+            "concurrency": store.concurrency}
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -142,6 +192,9 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=3)
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--fetch-gib", type=float, default=1.0, help="engine size for the fetch-cost row (0: skip)")
+    parser.add_argument("--fetch-rounds", type=int, default=2)
+    parser.add_argument("--fetch-only", action="store_true", help="measure only the fetch-cost row")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -149,7 +202,14 @@ def main() -> None:
         return
     os.environ.update(ENV)
     moto, endpoint = start_moto()
+    fetch = None
     try:
+        if args.fetch_gib > 0:
+            fetch = fetch_ratio(endpoint, args.fetch_gib, max(1, args.fetch_rounds))
+        if args.fetch_only:
+            _print_header()
+            _print_fetch(fetch, args)
+            return
         with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
             root = Path(tmp)
             (root / "models").mkdir()
@@ -168,8 +228,7 @@ def main() -> None:
     compiles_fleet = sum(r["built"] for r in fleet)
     build_s = sorted(r["seconds"] for r in alone)[len(alone) // 2]
     fetch_s = late["seconds"]
-    print(f"fleet benchmark, {time.strftime('%Y-%m-%d')}, {_cpu_name()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}")
+    _print_header()
     print(f"workload: {args.models} MLPs x {args.layers} layers of {args.width}x{args.width}, int8 (ONNX Runtime), "
           f"{late['bytes'] / 1e6:.1f} MB of engines per host")
     print(f"compiles, {args.hosts} hosts: without remote {compiles_alone} (= {args.hosts} x {args.models}), "
@@ -177,8 +236,24 @@ def main() -> None:
     print(f"fleet hosts that fetched everything: {sum(r['remote'] == args.models for r in fleet)} of {args.hosts}")
     print(f"time-to-ready: builds {build_s:.2f} s (median of {args.hosts}), fetches {fetch_s:.2f} s; "
           f"ratio {build_s / fetch_s:.1f}x faster")
+    _print_fetch(fetch, args)
     print(f"reproduce: .venv/bin/python benchmarks/fleet.py --hosts {args.hosts} --models {args.models} "
-          f"--width {args.width} --layers {args.layers}")
+          f"--width {args.width} --layers {args.layers} --fetch-gib {args.fetch_gib:g}")
+
+
+def _print_header() -> None:
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"fleet benchmark, {time.strftime('%Y-%m-%d')}, {_cpu_name()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}, load average {load}")
+
+
+def _print_fetch(fetch: dict | None, args) -> None:
+    if fetch is None:
+        return
+    plain, fetched = min(fetch["plain"]), min(fetch["fetch"])
+    print(f"fetch of a {fetch['bytes'] / (1 << 30):g} GiB engine (RemoteStore.download: {fetch['concurrency']} x "
+          f"{fetch['part_bytes'] >> 20} MiB ranged GETs, SHA-256 on the way) {fetched:.2f} s vs. plain s3fs get_file "
+          f"{plain:.2f} s (best of {len(fetch['plain'])}, alternated); ratio {fetched / plain:.2f}")
 
 
 if __name__ == "__main__":
