@@ -173,7 +173,7 @@ class RemoteCache:
         except RemoteUnavailable as exc:  # transport only: the remote is off for the run
             self._disable(f"fetch of {where} failed ({_summary(exc, self.config.timeout_s)})", model_name)
         except _LocalWriteError as exc:
-            log.warning("remote cache: fetched %s but could not write it into %s (%s); building %s locally",
+            log.warning("remote cache: could not write %s into %s (%s); building %s locally",
                         where, engine_path.parent, exc, model_name,
                         extra={"event": "remote_local_write", "model_name": model_name})
         except Exception as exc:  # remote content: whatever it does, it condemns this entry only
@@ -355,7 +355,7 @@ class RemoteCache:
         except OSError as exc:
             raise _LocalWriteError(exc.strerror or str(exc)) from None
         if free < size + _FREE_MARGIN:
-            raise _LocalWriteError(f"{_mib(free)} free, the engine needs {_mib(size + _FREE_MARGIN)}")
+            raise _LocalWriteError(f"{_mib(free)} free, the engine needs {_mib(size + _FREE_MARGIN)}; free disk space")
         try:
             fd, tmp = create_temp(engine_path)
         except OSError as exc:

@@ -15,6 +15,8 @@ import logging
 import threading
 import time
 
+import pytest
+
 from provisioning.manifest import manifest_bytes
 from provisioning.remote import EntrySigner, SigningKeyConfig, parse_remote_config
 from provisioning.remote.admin import plan_remote_gc
@@ -434,3 +436,41 @@ def test_a_manifest_for_other_inputs_is_refused_before_the_engine_is_downloaded(
     lines = warnings_of(caplog)
     assert len(lines) == 1 and "manifest does not match this build: ONNX bytes changed" in lines[0], lines
     assert_repaired(tmp_path, corpus_dir, block)
+
+
+def test_an_engine_over_max_engine_bytes_is_discarded_unread(tmp_path, corpus_dir, s3_server, bucket, monkeypatch,
+                                                             caplog):
+    block = signed_block(s3_server.endpoint, bucket, monkeypatch)
+    built = make_host(tmp_path, "a", corpus_dir, block).provision()
+    limit = min(r.entry.size for r in built) - 1  # every entry claims more than this host accepts
+    b = make_host(tmp_path, "b", corpus_dir, {**block, "max_engine_bytes": limit})
+    compiler, remote, _ = b.compiler()
+    remote.store.download = lambda *args, **kw: pytest.fail("an oversized engine was downloaded")
+    with caplog.at_level(logging.WARNING):
+        summary = b.provision(compiler)
+    assert summary.built == 3
+    lines = warnings_of(caplog)
+    assert len(lines) == 3 and all(f"over remote.max_engine_bytes {limit}" in line for line in lines), lines
+
+
+def test_a_download_that_would_not_fit_on_the_disk_is_not_started(tmp_path, corpus_dir, s3_server, bucket,
+                                                                  monkeypatch, caplog):
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    from provisioning.remote import cache as remote_cache
+
+    block = signed_block(s3_server.endpoint, bucket, monkeypatch)
+    make_host(tmp_path, "a", corpus_dir, block).provision()
+    b = make_host(tmp_path, "b", corpus_dir, block)
+    compiler, remote, _ = b.compiler()
+    usage = namedtuple("usage", "total used free")
+    # The one stand-in: a nearly full file system, as statvfs would report it.
+    monkeypatch.setattr(remote_cache.shutil, "disk_usage", lambda path: usage(1 << 30, (1 << 30) - 4096, 4096))
+    remote.store.download = lambda *args, **kw: pytest.fail("a download was started without the space for it")
+    with caplog.at_level(logging.WARNING):
+        summary = b.provision(compiler)
+    monkeypatch.setattr(remote_cache.shutil, "disk_usage", shutil_module.disk_usage)
+    assert summary.built == 3 and remote.disabled_reason is None
+    lines = warnings_of(caplog)
+    assert len(lines) == 3 and all("could not write" in line and "0 MiB free" in line for line in lines), lines
