@@ -137,6 +137,9 @@ def parse_remote_config(raw: Mapping[str, Any], config_path: Path) -> RemoteConf
         problem = insecure_http_problem(endpoint, insecure, keyed and require)
         if problem:
             raise _error(config_path, problem[0], problem[1])
+    if signing is None and trusted and require and mode == "read-write":
+        raise _error(config_path, "signing_key", "read-write mode signs uploads: add signing_key (trusted_keys only "
+                     "verify), or use mode: read-only")
     if signing is not None and mode == "read-write" and signing.algorithm == "ed25519" and signing.private_key is None:
         raise _error(config_path, "signing_key", "read-write mode signs uploads: add private_key, or use mode: read-only")
     return RemoteConfig(

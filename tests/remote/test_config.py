@@ -54,6 +54,8 @@ def _compiler_error(tmp_path, corpus_dir, remote) -> str:
      "remote.trusted_keys[0].host_key_prefixes", "list of host-key prefixes"),
     ({"url": "s3://b/e", "signing_key": {"env": "K", "host_key_prefixes": ["sm"]}}, "remote.signing_key",
      "unknown key(s) host_key_prefixes"),
+    ({"url": "s3://b/e", "trusted_keys": [{"id": "a", "env": "K"}]}, "remote.signing_key",
+     "trusted_keys only verify"),
     ({"url": "s3://b/e", "namespace": "prod/eu"}, "remote.namespace", "1-64 characters"),
     ({"url": "s3://b/e", "corpus": ""}, "remote.corpus", "1-64 characters"),
     ({"url": "s3://b/e", "max_engine_bytes": 1.5}, "remote.max_engine_bytes", "whole number of bytes"),
