@@ -97,8 +97,19 @@ class Hostile(BaseHTTPRequestHandler):
                 self.wfile.write(b"s" * 4096)
                 self.wfile.flush()
                 time.sleep(0.3)
+        elif name == "slowsecond":  # honours Range over RANGED bytes; the second part takes 1 s to start
+            first, last = (int(x) for x in self.headers["Range"].split("=")[1].split("-"))
+            if first == PART:
+                time.sleep(1.0)
+            self._headers(206, {"Content-Range": f"bytes {first}-{last}/{len(RANGED)}",
+                                "Content-Length": str(last + 1 - first)})
+            self.wfile.write(RANGED[first:last + 1])
         else:
             self._headers(404, {"Content-Type": "application/xml", "Content-Length": "0"})
+
+
+PART = 16 * 1024
+RANGED = bytes(i % 251 for i in range(64 * PART))
 
 
 @pytest.fixture
@@ -208,6 +219,28 @@ def test_an_upload_to_a_server_that_stops_reading_fails_within_the_stall_timeout
         store.put_file("bucket/engines/up", str(local), 0.5)
     assert isinstance(caught.value.__cause__, TimeoutError)
     assert time.monotonic() - started < 3.0
+
+
+def test_parts_never_run_further_ahead_of_the_hash_than_the_window(hostile, tmp_path):
+    store = open_store(hostile, "bucket", timeout_s=3)
+    store.part_bytes, store.concurrency = PART, 4
+    peaks = []
+    original = transfer.OrderedHasher.finish
+
+    def record(sink, sha):
+        peaks.append(sink.peak_held)
+        return original(sink, sha)
+
+    transfer.OrderedHasher.finish = record
+    fd = os.open(tmp_path / "engine", os.O_RDWR | os.O_CREAT)
+    try:
+        store.download("bucket/engines/slowsecond", fd, len(RANGED), hashlib.sha256(RANGED).hexdigest(), 3)
+        assert os.pread(fd, len(RANGED) + 1, 0) == RANGED
+    finally:
+        os.close(fd)
+        transfer.OrderedHasher.finish = original
+    # While part 2 waits, the other workers may only fetch within 4 parts of the frontier.
+    assert PART <= peaks[0] <= 4 * PART
 
 
 # -- moto: parallel parts, conditional writes -----------------------------------------
