@@ -64,8 +64,13 @@ class RemoteStore:
 
     #: downloads: objects up to ``part_bytes`` take one GET, larger ones ranged GETs of
     #: ``part_bytes``, ``concurrency`` in flight; at most ``concurrency * part_bytes``
-    #: bytes are held in memory (parts that arrive ahead of the hash frontier)
-    part_bytes = 16 << 20
+    #: bytes are held in memory (parts that arrive ahead of the hash frontier). 64 MiB x 4
+    #: is the scale s5cmd and s3fs's get_file use (50 MiB parts, 5-10 in flight): fewer,
+    #: larger requests, because servers that pay a per-request cost proportional to the
+    #: object (moto reads the whole object for every ranged GET) punish small parts
+    #: (16 MiB parts measured 2.6x slower than 64 MiB ones there), while S3 itself
+    #: reaches full per-connection throughput well below 64 MiB.
+    part_bytes = 64 << 20
     concurrency = 4
     #: uploads: files up to this size take one PUT; larger ones a multipart upload
     single_put_bytes = 32 << 20
