@@ -33,6 +33,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def _rows(stdout: str) -> dict[str, str]:
+    stdout = stdout.split("\nscale (seconds")[0]  # the main table only, not the sweep's
     return {m.group(1): m.group(2) for m in re.finditer(r"^\| (\S+)\s+\|\s+(\S+) \|", stdout, re.M)
             if m.group(1) not in ("target",) and not m.group(1).startswith("-")}
 
