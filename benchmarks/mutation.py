@@ -195,6 +195,19 @@ def run_module(module: str, jobs: int, from_head: bool, keep: bool, equivalent: 
     except (OSError, ValueError) as exc:
         score.error = f"no results ({exc}); see {log}"
         return score
+    if rerun:  # mutmut regenerates the mutants of a re-copied module: the others keep the last run's verdict
+        again = set(names)
+        status_of = {n: st for st, group in old.items() for n in group if n not in again}
+        status_of.update({n: st for st, group in score.by_status.items() for n in group if n in again})
+        merged: dict[str, list[str]] = {}
+        for name, status in status_of.items():
+            merged.setdefault(status, []).append(name)
+        score.by_status = merged
+        meta = where / "mutants" / "provisioning" / (module + ".meta")
+        data = json.loads(meta.read_text())
+        code = {v: k for k, v in reversed(list(_STATUS.items()))}
+        data["exit_code_by_key"] = {n: code[st] for st, g in merged.items() for n in g}
+        meta.write_text(json.dumps(data))  # the merged verdicts are the next --rerun-undetected's start
     if done.returncode != 0:
         score.error = f"mutmut exited {done.returncode}; see {log}"
     undetected = set(score.undetected)

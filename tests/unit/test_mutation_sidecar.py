@@ -155,3 +155,67 @@ def test_a_failed_rename_leaves_no_temporary_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         atomic_write_bytes(tmp_path / "record", b"data")
     assert os.listdir(tmp_path) == []
+
+
+# --- what a failed verification says: the reason is the "miss" line a user reads -------------------------------------
+
+def _published(tmp_path: Path) -> Path:
+    engine = tmp_path / NAME
+    Sha256Sidecar.write_atomic_and_sidecar(engine, b"plan" * 100)
+    return engine
+
+
+def _sidecar_symlink(engine: Path) -> None:
+    side = Sha256Sidecar.path_for(engine)
+    real = side.with_name("real.sha256")
+    os.replace(side, real)
+    side.symlink_to(real)
+
+
+def _engine_symlink(engine: Path) -> None:
+    real = engine.with_name("real.engine")
+    os.replace(engine, real)
+    engine.symlink_to(real)
+
+
+def _unreadable(engine: Path) -> None:
+    os.unlink(engine)
+    engine.mkdir()  # not a regular file: unreadable, neither missing nor a link
+
+
+DAMAGE = [
+    ("sidecar-symlink", _sidecar_symlink, f"sidecar {NAME}.sha256 is a symlink; not followed"),
+    ("sidecar-missing", lambda e: os.unlink(Sha256Sidecar.path_for(e)), "sidecar missing"),
+    ("sidecar-malformed", lambda e: Sha256Sidecar.path_for(e).write_text("not a sidecar\n"), "sidecar malformed"),
+    ("sidecar-other-file", lambda e: Sha256Sidecar.path_for(e).write_text("ab" * 32 + "  other.engine\n"),
+     "sidecar names another file (other.engine)"),
+    ("engine-missing", lambda e: os.unlink(e), "engine missing"),
+    ("engine-symlink", _engine_symlink, "engine path is a symlink; not followed"),
+    ("engine-unreadable", _unreadable, "engine unreadable (not a regular file)"),
+    ("engine-corrupt", lambda e: e.write_bytes(b"PLAN" * 100),
+     "engine bytes do not match the sidecar (corrupt or truncated)"),
+]
+
+
+@pytest.mark.parametrize("damage, reason", [(d[1], d[2]) for d in DAMAGE], ids=[d[0] for d in DAMAGE])
+def test_a_damaged_entry_does_not_verify_and_says_why(tmp_path, damage, reason):
+    engine = _published(tmp_path)
+    damage(engine)
+    check = Sha256Sidecar.check(engine)
+    assert check.ok is False and check.reason == reason
+    assert Sha256Sidecar.verify(engine) is False
+
+
+def test_an_intact_entry_verifies_with_its_digest_and_size(tmp_path):
+    engine = _published(tmp_path)
+    check = Sha256Sidecar.check(engine)
+    assert check.ok is True and check.reason == "verified"
+    assert check.sha256 == Sha256Sidecar.read(engine).sha256 and check.size == 400
+    assert Sha256Sidecar.verify(engine) is True
+
+
+def test_the_verified_size_counts_every_chunk_of_a_large_engine(tmp_path, monkeypatch):
+    engine = _published(tmp_path)  # 400 bytes
+    monkeypatch.setattr(sidecar, "CHUNK_BYTES", 64)
+    check = Sha256Sidecar.check(engine)
+    assert check.ok is True and check.size == 400
