@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from provisioning import Sha256Sidecar
-from provisioning.cache import BUILD_LOG_SUFFIX, entry_files
+from provisioning.cache import BUILD_LOG_SUFFIX, COMMIT_SUFFIX, entry_files
 from provisioning.gc import plan_gc, scan_cache
 from provisioning.manifest import manifest_path_for
 from provisioning.verify import verify_engine
@@ -18,6 +18,7 @@ def _entry(cache: Path, name: str = NAME) -> Path:
     Sha256Sidecar.write_atomic_and_sidecar(engine, b"plan" * 100,
                                            before_commit=lambda s, n: {manifest_path_for(engine): b"{}"})
     engine.with_name(name + BUILD_LOG_SUFFIX).write_text("[TRT] build log\n")
+    engine.with_name(name + COMMIT_SUFFIX).write_bytes(b"provisioning-remote-entry/2\n")  # a fetched entry's record
     assert verify_engine(engine, "stat").ok  # leaves a .verified record
     return engine
 
@@ -27,7 +28,7 @@ def test_entry_files_unpublish_first_and_include_every_companion(tmp_path):
     files = entry_files(engine)
     assert files[0] == Sha256Sidecar.path_for(engine) and files[1] == engine
     assert all(p.exists() for p in files)
-    assert {p.name for p in files} >= {NAME + ".manifest.json", NAME + BUILD_LOG_SUFFIX}
+    assert {p.name for p in files} >= {NAME + ".manifest.json", NAME + BUILD_LOG_SUFFIX, NAME + COMMIT_SUFFIX}
 
 
 def test_gc_of_a_superseded_engine_removes_its_build_log_and_record(tmp_path):
