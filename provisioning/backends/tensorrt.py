@@ -108,6 +108,15 @@ def load_verified_engine(path: str | Path) -> LoadedEngine:
     inputs = manifest.get("inputs") if isinstance(manifest.get("inputs"), dict) else {}
     module = MODULES.get(str(inputs.get("backend")), "tensorrt")
     trt = import_tensorrt(module)
+    host = inputs.get("host") if isinstance(inputs.get("host"), dict) else {}
+    built_with = inputs.get("backend_version")
+    if host.get("version_compatible") is True and isinstance(built_with, str):
+        if release_tuple(built_with) > release_tuple(str(trt.__version__)):
+            raise BackendError(
+                f"{Path(path).name}: a version-compatible plan built by TensorRT {built_with} does not load on "
+                f"the older runtime {trt.__version__} (compatibility is forward only); run doit engines on this "
+                "host to build its own, or upgrade TensorRT"
+            )
     logger = process_logger(trt)
     init_plugins(trt, logger)
     return load_verified(trt, logger, Path(path))

@@ -234,3 +234,19 @@ def test_the_version_pinned_name_round_trips_and_points_back_at_the_shared_one(a
     assert EngineFilenameSchema.shared_vc_name(EngineFilenameSchema.build(spec(models), host)) is None
     with pytest.raises(ValueError, match="not the shared version-compatible name"):
         EngineFilenameSchema.version_pinned(pinned, OLD)
+
+
+def test_a_newer_builders_vc_plan_is_refused_at_load_on_an_older_runtime(at, models, tmp_path):
+    from provisioning.backends.tensorrt import load_verified_engine
+    from provisioning.errors import BackendError
+
+    cache = tmp_path / "cache"
+    at(NEW)
+    engine = compile_one(cache, at(NEW)[1], _vc(models)).results[0].entry.path
+    at(OLD)  # the host was downgraded, or the engine was copied to an older host
+    with pytest.raises(BackendError) as info:
+        load_verified_engine(engine)
+    message = str(info.value)
+    assert f"built by TensorRT {NEW}" in message and f"older runtime {OLD}" in message and "\n" not in message
+    at(NEW)
+    assert load_verified_engine(engine) is not None  # the runtime that built it (or a newer one) loads it
