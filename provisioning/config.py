@@ -177,6 +177,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """A safe loader that refuses duplicate mapping keys instead of keeping the last."""
 
 
+# libyaml's parser (when PyYAML was built with it) reads a 1,000-backbone config ~8x faster
+# than the pure-Python one; the same constructors run on top, so the document is the same
+_HAVE_LIBYAML = hasattr(yaml, "CSafeLoader")
+
+
+class _FastUniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """:class:`_UniqueKeyLoader` over libyaml's parser (the pure one where PyYAML lacks it)."""
+
+
 def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
     seen: dict[Any, Any] = {}
     for key_node, _ in node.value:
@@ -194,9 +203,23 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, 
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
-)
+for _loader in (_UniqueKeyLoader, _FastUniqueKeyLoader):
+    _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _load_yaml(text: str) -> Any:
+    """The YAML document in ``text``: libyaml's parser, or on any error the pure-Python one.
+
+    A broken config is parsed again by the pure-Python loader, which raises the error the
+    user sees: its messages and positions are the ones this module always reported, and
+    libyaml's own limits (flow nesting beyond 1,000) never reject a config PyYAML accepts.
+    """
+    if _HAVE_LIBYAML:
+        try:
+            return yaml.load(text, Loader=_FastUniqueKeyLoader)  # noqa: S506 - a SafeLoader equivalent
+        except (yaml.YAMLError, RecursionError):
+            pass
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 class _Where:
@@ -231,7 +254,7 @@ def load_config(path: str | os.PathLike[str]) -> ProvisioningConfig:
     if "\x00" in text:
         raise where.error("contains a NUL byte; the config must be plain YAML text")
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = _load_yaml(text)
     except RecursionError:  # PyYAML composes nested collections recursively
         raise where.error("invalid YAML: collections are nested too deeply; flatten the document") from None
     except yaml.YAMLError as exc:
