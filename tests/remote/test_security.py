@@ -120,9 +120,14 @@ def test_a_forged_signature_is_refused_with_hmac_and_ed25519(tmp_path, corpus_di
         det.put(det.commit_key(), forged_record(body, key_id, raw=b"\x01" * (32 if "hmac" in algorithm else 64),
                                                 algorithm=algorithm))
         caplog.clear()
+        before = snapshot(tmp_path, skip=[tmp_path / f"b-{algorithm}"])
+        b = make_host(tmp_path, f"b-{algorithm}", corpus_dir, block)
         with caplog.at_level(logging.WARNING):
-            summary = make_host(tmp_path, f"b-{algorithm}", corpus_dir, block).provision()
-        assert summary.by_name()["det"].source == "local" and summary.built == 1
+            summary, elapsed = provision_timed(b)
+        assert summary.by_name()["det"].source == "local" and summary.built == 1 and elapsed < 20
+        assert_cache_clean(b, summary)
+        assert not any(b"evil engine" in p.read_bytes() for p in b.cache_dir.rglob("*") if p.is_file())
+        assert snapshot(tmp_path, skip=[tmp_path / f"b-{algorithm}"]) == before
         lines = warnings_of(caplog)
         assert len(lines) == 1 and f"signature by key '{key_id}' does not match the entry" in lines[0], lines
         assert_repaired(tmp_path, corpus_dir, block, name=f"c-{algorithm}")
@@ -140,9 +145,13 @@ def test_a_record_moved_to_another_entry_or_namespace_does_not_verify(tmp_path, 
     moved = remote_entries(s3_server.endpoint, bucket, built, prefix="prod")
     det, cls = moved["det"], moved["cls"]
     fs.pipe_file(cls.commit_key(), det.record())  # det's valid record placed as cls's
+    before = snapshot(tmp_path, skip=[tmp_path / "prod"])
+    host = make_host(tmp_path, "prod", corpus_dir, prod)
     with caplog.at_level(logging.WARNING):
-        summary = make_host(tmp_path, "prod", corpus_dir, prod).provision()
-    assert summary.built == 3
+        summary, elapsed = provision_timed(host)
+    assert summary.built == 3 and elapsed < 20
+    assert_cache_clean(host, summary)
+    assert snapshot(tmp_path, skip=[tmp_path / "prod"]) == before
     lines = warnings_of(caplog)
     assert len(lines) == 3, lines
     assert "belongs to namespace 'staging', this host's is 'prod'" in lines[0]
