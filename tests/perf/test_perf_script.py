@@ -53,6 +53,8 @@ def test_quick_run_prints_every_row_with_a_ratio_the_command_the_load_and_a_json
     assert "command: .venv/bin/python benchmarks/perf.py --quick --scale" in result.stdout
     assert re.search(r"load average \(1/5/15 min\) [0-9.]+ [0-9.]+ [0-9.]+ at start", result.stdout)
     assert "best of" in result.stdout
+    cold_io = next(line for line in result.stdout.splitlines() if line.startswith("| cold-io "))
+    assert re.search(r"floor [0-9.]+ = cold `doit list` [0-9.]+ s", cold_io), cold_io  # a target it may miss
     saved = Path(re.search(r"^results: (\S+)", result.stdout, re.M).group(1))
     document = json.loads(saved.read_text())
     saved.unlink()
