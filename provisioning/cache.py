@@ -171,6 +171,9 @@ def ensure_cache_dir(cache_dir: Path) -> None:
     except CacheError:
         raise
     except FileExistsError:
+        if cache_dir.is_dir():  # the folder is fine: something else sits where its lock folder goes
+            raise CacheError(f"{cache_dir / LOCK_DIR} exists but is not a folder; remove it (the lock folder "
+                             "must be inside the cache)") from None
         raise CacheError(f"cache folder {cache_dir} exists but is not a folder; set cache_dir to a folder") from None
     except OSError as exc:
         what = "write into" if cache_dir.is_dir() else "create"
