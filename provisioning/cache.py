@@ -218,16 +218,23 @@ def lock_is_held(engine_path: Path) -> bool:
 
 
 def append_event(cache_dir: Path, record: Mapping[str, Any]) -> None:
-    """Append one JSON line to ``events.jsonl`` in a single write (no interleaving)."""
+    """Append one JSON line to ``events.jsonl`` in a single write (no interleaving).
+
+    A line torn by an earlier short write (a full disk, a quota) is ended first, so this
+    event is not glued onto it and lost with it.
+    """
     line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
     path = cache_dir / EVENTS_FILE
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _O_NOFOLLOW, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _O_NOFOLLOW, 0o644)
     except OSError as exc:
         why = "it is a symlink; not followed" if os.path.islink(path) else exc.strerror or exc
         log.warning("cannot append to %s (%s); event not recorded", path, why)
         return
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
         os.write(fd, line)
     except OSError as exc:
         log.warning("cannot append to %s (%s); event not recorded", path, exc.strerror or exc)

@@ -304,3 +304,13 @@ def test_an_entry_of_an_unknown_backend_cannot_be_opened_and_says_to_rebuild(tmp
     entry = EngineCacheEntry("det", tmp_path / "det.engine", "0" * 64, 1, {"backend": "custom"}, {})
     with pytest.raises(BackendError, match="built by custom, which open_engine cannot load; rebuild it"):
         entry.open()
+
+
+def test_an_event_after_a_torn_line_is_not_lost_with_it(tmp_path):
+    from provisioning.cache import EVENTS_FILE, append_event, read_events
+
+    append_event(tmp_path, {"outcome": "BUILT", "model_name": "det"})
+    with open(tmp_path / EVENTS_FILE, "ab") as log:
+        log.write(b'{"outcome": "REUSED", "mod')  # what a short write on a full disk leaves
+    append_event(tmp_path, {"outcome": "BUILT", "model_name": "cls"})
+    assert [e["model_name"] for e in read_events(tmp_path)] == ["det", "cls"]
