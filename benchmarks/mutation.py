@@ -5,7 +5,8 @@
 MODULE is a path under provisioning/ (``sidecar.py``, ``doit/tasks.py``); without one,
 every module of :data:`MODULES` runs, in that order. Each module runs in its own copy of
 the project under ``build/mutation/<module>/`` (the working tree's tracked and untracked
-files, or ``--from-head``: the last commit), with a generated ``setup.cfg`` that tells
+files, or ``--from-head``: ``provisioning/`` from the last commit, the tests and corpus from
+the working tree, so new tests run before they are committed), with a generated ``setup.cfg`` that tells
 mutmut to mutate only that module and to select only that module's fast tests. mutmut
 copies the copy into ``mutants/`` and runs pytest in-process there, so only in-process
 tests see a mutant: tests that run ``doit`` or a library call in a child process import
@@ -55,7 +56,7 @@ MODULES: dict[str, tuple[str, ...]] = {
                  "tests/unit/tensorrt/test_vc_reuse.py", "tests/reliability/test_publish_order.py"),
     "gc.py": ("tests/unit/test_gc.py", _SURVIVORS, "tests/unit/tensorrt/test_vc_reuse.py"),
     "doit/filedep.py": (_SURVIVORS,),
-    "doit/tasks.py": (_SURVIVORS, "tests/unit/tensorrt/test_vc_reuse.py"),
+    "doit/tasks.py": (_SURVIVORS, "tests/unit/tensorrt/test_vc_reuse.py", "tests/perf/test_index_and_prefetch.py"),
     "compiler.py": ("tests/unit/test_compiler.py", _SURVIVORS, "tests/unit/tensorrt",
                     "tests/reliability/test_publish_order.py"),
     # test_security.py starts a moto S3 server per session (65 s a run): too slow per mutant
@@ -131,13 +132,16 @@ def prepare_copy(module: str, from_head: bool, keep: bool) -> Path:
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
+    # --from-head: the package under test from the last commit (others may be editing it), the
+    # tests and corpus from the working tree (new tests are run before they are committed)
+    from_tree = [n for n in COPIED if n != "provisioning"] if from_head else list(COPIED)
     if from_head:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD", *COPIED], check=True,
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD", "provisioning"], check=True,
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
-    else:
+    if from_tree:
         listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "-z", "--",
-                                 *COPIED], check=True, capture_output=True).stdout.decode().split("\0")
+                                 *from_tree], check=True, capture_output=True).stdout.decode().split("\0")
         for rel in filter(None, listed):
             source = ROOT / rel
             if source.is_file():
@@ -250,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help="modules under provisioning/ (default: all)")
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", "2")),
                         help="mutmut children (default 2, or $MUTATION_JOBS)")
-    parser.add_argument("--from-head", action="store_true", help="mutate the last commit, not the working tree")
+    parser.add_argument("--from-head", action="store_true", help="mutate provisioning/ as in the last commit (tests from the working tree)")
     parser.add_argument("--keep", action="store_true", help="reuse the previous run's mutants/ and results")
     parser.add_argument("--rerun-undetected", action="store_true",
                         help="keep the previous results and test only its undetected mutants again (after new tests)")
