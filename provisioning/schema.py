@@ -37,10 +37,14 @@ _HOST_KEY_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _DIGEST_RE = re.compile(r"[0-9a-f]{8}")
 
 
+def canonical_sha256(value: Any) -> str:
+    """SHA-256 hex digest of ``value``'s canonical JSON (sorted keys, no spaces, ASCII)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def settings_digest(settings: Mapping[str, Any]) -> str:
     """Eight hex digits over the canonical JSON of the build settings."""
-    blob = json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:8]
+    return canonical_sha256(settings)[:8]
 
 
 @dataclass(frozen=True)

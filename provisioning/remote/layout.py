@@ -22,11 +22,10 @@ the commit record. Layout 1 (``<engine name>/engine`` directly) is never read.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..schema import canonical_sha256
 from .store import RemoteStore
 
 ENGINE_DIR, MANIFEST_DIR, COMMIT_DIR, LEASE = "engine", "manifest", "commit", "lease"
@@ -35,8 +34,7 @@ ENGINE_DIR, MANIFEST_DIR, COMMIT_DIR, LEASE = "engine", "manifest", "commit", "l
 def inputs_digest(inputs: Any) -> str:
     """32 hex characters over the canonical JSON of a manifest's ``inputs`` block (or BuildInputs)."""
     document: Mapping[str, Any] = inputs.as_dict() if hasattr(inputs, "as_dict") else inputs
-    blob = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:32]
+    return canonical_sha256(document)[:32]
 
 
 @dataclass(frozen=True)

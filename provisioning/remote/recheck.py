@@ -8,14 +8,13 @@ that only that key vouched for, so it can be deleted and fetched or built again.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..manifest import manifest_path_for, read_manifest
-from ..sidecar import Sha256Sidecar, open_nofollow
+from ..sidecar import Sha256Sidecar, hash_file, open_nofollow
 from . import key_ring, remote_config_of
 from .cache import commit_path_for
 from .layout import inputs_digest
@@ -70,7 +69,8 @@ def _row(model: str, engine_path: Path, ring: Any, namespace: str, unsigned_ok: 
                 raise Unverified(f"signed by key id {shown(key_id, 64)}, and this host trusts no key")
             body, key_id = ring.verify(record, key_id)
         commit = parse_body(body, record, key_id)
-        if _sidecar_sha(engine_path) != commit.engine_sha256:
+        sidecar = Sha256Sidecar.read(engine_path)
+        if sidecar is None or sidecar.sha256 != commit.engine_sha256:
             return SignatureRow(model, name, BUILT_HERE, None,
                                 "rebuilt on this host after a fetch (the old commit record no longer applies)")
         if commit.namespace != namespace:
@@ -97,18 +97,8 @@ def _read(path: Path) -> bytes | None:
         return handle.read(MAX_COMMIT_BYTES + 1)
 
 
-def _sidecar_sha(engine_path: Path) -> str | None:
-    data = _read(Sha256Sidecar.path_for(engine_path))
-    if not data:
-        return None
-    token = data.split(b" ", 1)[0].decode("ascii", "replace")
-    return token if len(token) == 64 else None
-
-
 def _sha_of(path: Path) -> str | None:
     try:
-        fd = open_nofollow(path)
+        return hash_file(path)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()

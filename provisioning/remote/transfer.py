@@ -336,16 +336,7 @@ async def s3_download(fs: Any, bucket: str, key: str, sink: OrderedHasher, ticke
             async with advanced:
                 advanced.notify_all()
 
-    tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, concurrency))]
-    try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            if task.exception() is not None:
-                raise task.exception()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await _run_workers(worker, max(1, concurrency))
 
 
 class _Section(io.RawIOBase):
@@ -470,16 +461,7 @@ async def s3_upload(fs: Any, bucket: str, key: str, local_path: str, ticker: Tic
                     ticker.tick()
                     etags[number] = out["ETag"]
 
-            tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, min(concurrency, len(ranges))))]
-            try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-                for task in done:
-                    if task.exception() is not None:
-                        raise task.exception()
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            await _run_workers(worker, max(1, min(concurrency, len(ranges))))
             parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
             await fs._call_s3("complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload,
                               MultipartUpload={"Parts": parts}, **match)
@@ -497,3 +479,17 @@ async def s3_upload(fs: Any, bucket: str, key: str, local_path: str, ticker: Tic
 async def s3_delete_if_match(fs: Any, bucket: str, key: str, etag: str) -> None:
     """DeleteObject with ``If-Match``; raises the s3fs-translated error (412, 404, 501, ...)."""
     await fs._call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+
+
+async def _run_workers(worker, count: int) -> None:
+    """Run ``count`` copies of ``worker()``; the first failure cancels the others and is raised."""
+    tasks = [asyncio.ensure_future(worker()) for _ in range(count)]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
