@@ -63,7 +63,8 @@ MODULES: dict[str, tuple[str, ...]] = {
                     "tests/reliability/test_publish_order.py"),
     # test_security.py starts a moto S3 server per session (65 s a run): too slow per mutant
     "remote/signing.py": ("tests/remote/test_signing.py", "tests/remote/test_mutation_signing.py"),
-    "remote/cache.py": ("tests/remote/test_file_remote.py", "tests/remote/test_faults.py"),
+    # test_roundtrip.py, test_faults.py (moto) too; test_mutation_cache.py drives RemoteCache on a file:// remote
+    "remote/cache.py": ("tests/remote/test_mutation_cache.py", "tests/remote/test_file_remote.py"),
 }
 DETECTED = {"killed", "timeout", "segfault", "caught by type check"}
 # mutmut's exit codes (mutmut.stats.status_by_exit_code, 3.8)
