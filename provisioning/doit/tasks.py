@@ -87,8 +87,9 @@ def _make_db_folder(dep_file: Any) -> None:
 class SharedVerifier:
     """One :class:`~provisioning.verify.EngineVerifier` and one cache index for a whole run.
 
-    doit evaluates checkers one task at a time in its main process; the first call starts
-    hashing every existing engine on all cores, so later checkers find their result ready.
+    doit evaluates checkers one task at a time in its main process. Hashing every existing
+    engine on all cores starts at task generation when doit runs tasks with ``verify: full``
+    (:func:`_command_runs_tasks`), else at the first check, so checkers find their result ready.
     A checker that finds no saved values (doit's database lost or new: every action runs)
     also starts hashing the ONNX files the actions will need, so that under ``-n 1`` each
     action finds its engine and its ONNX already hashed (:func:`compile_backbone` asks here).
@@ -116,6 +117,15 @@ class SharedVerifier:
             self._verifier = EngineVerifier(self._mode)
             self._verifier.prefetch(p for p in self._paths if p.is_file())
         return self._verifier
+
+    def start(self) -> None:
+        """Start hashing every existing engine now (at task generation, for a command that runs tasks)."""
+        self._started()
+
+    @property
+    def hashing(self) -> bool:
+        """Whether this run's engines are being (or were) hashed ahead."""
+        return self._verifier is not None
 
     def check(self, engine_path: Path) -> Verification:
         """Verify one engine against its sidecar (using the prefetched result when ready)."""
@@ -188,6 +198,30 @@ def _parallel_run() -> bool:
         if value is not None and value.isdigit() and int(value) > 1:
             return True
     return False
+
+
+# doit's own commands that generate tasks without running any (doit.doit_cmd.DoitMain.DOIT_CMDS
+# but ``run``), and this package's engines-* commands: they must not pay for hashing
+_NO_RUN_COMMANDS = frozenset({"help", "list", "info", "clean", "forget", "ignore", "dumpdb", "strace",
+                              "tabcompletion", "reset-dep", "auto"})
+
+
+def _command_runs_tasks() -> bool:
+    """Whether this process is doit's command line running tasks (``doit``, ``doit run``, ``doit TASK``).
+
+    doit takes its first argument as the command when it names one, else runs ``run``; the
+    check is by name, so that nothing is imported for it. A plugin command this list does not
+    know counts as a run: it costs background hashing only, never a wrong answer.
+    """
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if program != "doit" and getattr(spec, "name", None) != "doit.__main__":
+        return False  # a library call or a test: hashing starts at the first check, as before
+    args = sys.argv[1:]
+    if not args or args[0] == "run" or args[0].startswith("-"):
+        return True
+    return args[0] not in _NO_RUN_COMMANDS and not args[0].startswith("engines-")
 
 
 # The SharedVerifier of the corpus this process generated tasks for: the actions use it
@@ -400,6 +434,10 @@ def engine_tasks(
     engines = [corpus.engine_path(s) for s in corpus.specs]  # once each: a name costs a schema build
     verifier = SharedVerifier(engines, corpus.config.verify, corpus.specs, corpus.cache_dir)
     _RUN_VERIFIER[str(corpus.cache_dir)] = verifier
+    # verify: full hashes every engine byte whatever happens next: start while doit still
+    # builds its tasks and opens its database (verify: stat answers from the index instead)
+    if corpus.config.verify == "full" and _command_runs_tasks():
+        verifier.start()
     for spec, engine in zip(corpus.specs, engines):
         yield {
             "basename": basename,
