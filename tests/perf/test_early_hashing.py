@@ -84,3 +84,19 @@ def test_which_command_lines_run_tasks(monkeypatch, argv, main_spec, runs):
     monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.setitem(sys.modules, "__main__", main)
     assert tasks._command_runs_tasks() is runs
+
+
+@pytest.mark.parametrize(("verify", "runs", "hashing"), [("full", True, True), ("stat", True, False),
+                                                          ("full", False, False)])
+def test_engine_tasks_starts_hashing_only_for_a_full_verify_run(corpus_dir: Path, monkeypatch, verify, runs,
+                                                                  hashing):
+    """In-process: the generator itself decides (doit's command line stands in through the monkeypatch)."""
+    config = corpus_dir / "corpus.yaml"
+    config.write_text(config.read_text() + f"verify: {verify}\n")
+    monkeypatch.setattr(tasks, "_command_runs_tasks", lambda: runs)
+    monkeypatch.setattr(tasks, "_RUN_VERIFIER", {})
+    generated = list(tasks.engine_tasks(config))
+    assert [t["name"] for t in generated][1:] == ["det", "cls", "emb"]
+    (verifier,) = tasks._RUN_VERIFIER.values()
+    assert verifier.hashing is hashing
+    assert verifier.mode == verify
