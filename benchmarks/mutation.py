@@ -56,7 +56,8 @@ MODULES: dict[str, tuple[str, ...]] = {
                  "tests/unit/tensorrt/test_vc_reuse.py", "tests/reliability/test_publish_order.py"),
     "gc.py": ("tests/unit/test_gc.py", _SURVIVORS, "tests/unit/tensorrt/test_vc_reuse.py"),
     "doit/filedep.py": (_SURVIVORS,),
-    "doit/tasks.py": (_SURVIVORS, "tests/unit/tensorrt/test_vc_reuse.py", "tests/perf/test_index_and_prefetch.py"),
+    "doit/tasks.py": (_SURVIVORS, "tests/unit/tensorrt/test_vc_reuse.py", "tests/perf/test_index_and_prefetch.py",
+                      "tests/perf/test_early_hashing.py"),
     # tests/unit/tensorrt as a whole made a run ~0.2 mutants/s; the TensorRT build path is
     # pinned by the fake's own module, the compiler's policy by these
     "compiler.py": ("tests/unit/test_compiler.py", _SURVIVORS, "tests/unit/tensorrt/test_vc_reuse.py",
