@@ -61,7 +61,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     # tests/unit/tensorrt as a whole made a run ~0.2 mutants/s; the TensorRT build path is
     # pinned by the fake's own module, the compiler's policy by these
     "compiler.py": ("tests/unit/test_compiler.py", _SURVIVORS, "tests/unit/tensorrt/test_vc_reuse.py",
-                    "tests/reliability/test_publish_order.py"),
+                    "tests/reliability/test_publish_order.py", "tests/perf/test_index_and_prefetch.py"),
     # test_security.py starts a moto S3 server per session (65 s a run): too slow per mutant
     "remote/signing.py": ("tests/remote/test_signing.py", "tests/remote/test_mutation_signing.py"),
     # test_roundtrip.py, test_faults.py (moto) too; test_mutation_cache.py drives RemoteCache on a file:// remote
