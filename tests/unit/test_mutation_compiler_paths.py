@@ -276,3 +276,125 @@ def test_a_remote_entry_that_does_not_verify_names_the_backbone_it_builds(tmp_pa
     assert result.outcome is CompileOutcome.BUILT
     discards = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "remote_discard"]
     assert discards and all(line.endswith("; building det locally") for line in discards), discards
+
+
+def test_a_heartbeat_before_any_progress_says_starting(corpus_dir, logged):  # noqa: F811
+    class Quiet(NoValidation):
+        def compile_engine(self, spec, host, output):
+            time.sleep(0.35)
+            super().compile_engine(spec, host, output)
+
+    config, specs = _specs(corpus_dir)
+    _run(config, specs, Quiet(), heartbeat_s=0.1)
+    beats = [r for r in logged.records if getattr(r, "event", None) == "heartbeat"]
+    assert beats and beats[0].getMessage() == "building det: starting, 0 s elapsed"
+    assert beats[0].phase == "starting"
+
+
+def test_the_default_heartbeat_interval_is_the_documented_five_seconds():
+    import inspect
+
+    assert inspect.signature(EngineCompiler).parameters["heartbeat_s"].default == 5.0
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "doit.md").read_text()
+    assert "every 5 s" in docs
+
+
+def test_a_validated_engine_is_reused_without_taking_the_build_lock(corpus_dir, monkeypatch):
+    config, specs = _specs(corpus_dir, validate={"runs": 1})
+    _run(config, specs)
+    taken = []
+    real = compiler_module.engine_lock
+
+    def spy(path):
+        taken.append(path)
+        return real(path)
+
+    monkeypatch.setattr(compiler_module, "engine_lock", spy)
+    result = _run(config, specs)
+    assert result.outcome is CompileOutcome.REUSED
+    assert taken == []  # a reuse never waits on (or blocks) a builder of the same engine
+
+
+def test_a_revalidated_engine_reports_its_backbone_engine_and_host(corpus_dir):
+    config, specs = _specs(corpus_dir)
+    _run(config, specs)
+    config, specs = _specs(corpus_dir, validate={"runs": 1})
+    result = _run(config, specs)
+    assert result.outcome is CompileOutcome.REUSED and result.model_name == "det"
+    event = read_events(config.cache_dir)[-1]
+    assert (event["model_name"], event["engine"], event["outcome"]) == ("det", result.entry.file_name, "REUSED")
+    assert event["host_key"] == HOST.identity_for(specs[0]).host_key
+
+
+def test_changed_criteria_are_the_reason_a_validated_engine_is_validated_again(corpus_dir, logged):  # noqa: F811
+    config, specs = _specs(corpus_dir, validate={"runs": 1})
+    _run(config, specs)
+    config, specs = _specs(corpus_dir, validate={"runs": 2})
+    result = _run(config, specs)
+    assert result.outcome is CompileOutcome.REUSED
+    assert result.miss_reasons == ("validation criteria changed since it was validated",)
+    (validating,) = [r for r in logged.records if getattr(r, "event", None) == "validate"]
+    assert validating.reason == "validation criteria changed since it was validated"
+
+
+class _HostRecording(OnnxRuntimeBackend):
+    """The real backend, recording the host each validation was asked for (or failing it)."""
+
+    def __init__(self, fail: BaseException | None = None):
+        super().__init__()
+        self.hosts = []
+        self.fail = fail
+
+    def validate_engine(self, spec, host, engine):
+        self.hosts.append(host)
+        if self.fail is not None:
+            raise self.fail
+        return super().validate_engine(spec, host, engine)
+
+
+def _compile_with(config, specs, backend):
+    request = EngineCompileRequest(backbones=specs, cache_dir=config.cache_dir, host=HOST)
+    return EngineCompiler(backend, remote=make_remote_cache(config)).compile_engines_for_corpus(request).results[0]
+
+
+def test_a_fetched_engine_is_validated_here_under_todays_criteria(tmp_path, monkeypatch, logged):  # noqa: F811
+    monkeypatch.setenv("PROVISIONING_TEST_KEY", "a shared secret for this test only")
+    remote = tmp_path / "bucket"
+    built = _compile(*_host_config(tmp_path, "a", remote))
+    config, specs = _host_config(tmp_path, "b", remote, validate={"runs": 1})
+    backend = _HostRecording()
+    fetched = _compile_with(config, specs, backend)
+    assert fetched.outcome is CompileOutcome.REUSED and fetched.source == "remote", fetched
+    assert fetched.entry.sha256 == built.entry.sha256 and backend.hosts == [HOST]
+    assert read_manifest(fetched.entry.path)["build"]["notes"]["validated"] is True
+    # a third host with the same criteria finds the validation record already there: no second run
+    config, specs = _host_config(tmp_path, "c", remote, validate={"runs": 1})
+    third = _HostRecording()
+    again = _compile_with(config, specs, third)
+    assert again.outcome is CompileOutcome.REUSED and again.source == "remote"
+    assert third.hosts in ([], [HOST])  # [] when the validated manifest was what got shared
+
+
+def test_a_fetched_engine_failing_todays_criteria_is_built_here(tmp_path, monkeypatch):
+    from provisioning.errors import ValidationFailed
+
+    monkeypatch.setenv("PROVISIONING_TEST_KEY", "a shared secret for this test only")
+    remote = tmp_path / "bucket"
+    _compile(*_host_config(tmp_path, "a", remote))
+    config, specs = _host_config(tmp_path, "b", remote, validate={"runs": 1})
+    backend = _HostRecording(ValidationFailed("backbone det: validation failed (max abs diff 1.0 > atol 0.001)"))
+    result = _compile_with(config, specs, backend)
+    assert result.outcome is CompileOutcome.BUILT
+    assert result.miss_reasons == ("no engine in the cache",)
+
+
+def test_validation_that_cannot_run_on_a_fetched_engine_fails_with_a_remote_event(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROVISIONING_TEST_KEY", "a shared secret for this test only")
+    remote = tmp_path / "bucket"
+    _compile(*_host_config(tmp_path, "a", remote))
+    config, specs = _host_config(tmp_path, "b", remote, validate={"runs": 1})
+    with pytest.raises(RuntimeError, match="no inference session here"):
+        _compile_with(config, specs, _HostRecording(RuntimeError("no inference session here")))
+    (event,) = read_events(config.cache_dir)
+    assert (event["outcome"], event["source"], event["error_class"]) == ("FAILED", "remote", "RuntimeError")
+    assert event["host_key"] == HOST.identity_for(specs[0]).host_key
