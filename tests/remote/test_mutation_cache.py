@@ -563,6 +563,8 @@ def test_a_hung_mount_is_reported_as_no_progress_within_timeout(site, logs):
     (transport(ConnectionError("r\u00e9seau coup\u00e9")), "ConnectionError: r\\xe9seau coup\\xe9"),
     (transport(OSError("x" * 300)), "OSError: " + "x" * 200),
     (transport(OSError()), "OSError"),
+    (transport(OSError("share \\\\srv\\engines unreachable")), "OSError: share \\\\srv\\engines unreachable"),
+    (transport(OSError('a "quoted" it\'s')), 'OSError: a "quoted" it\'s'),
     (RemoteUnavailable("plain words"), "RemoteUnavailable: plain words"),
     (RemoteUnavailable(), "RemoteUnavailable"),
     (transport(TimeoutError("read timed out")), "no progress for timeout_s 2 s"),
@@ -648,6 +650,13 @@ def test_the_untrusted_note_names_at_most_four_records_sorted(site, logs):
         "'d4'); building det locally (a key rotation? add the key to remote.trusted_keys)")
 
 
+def test_the_untrusted_note_cuts_a_long_planted_name(site, logs):
+    site.cache("builder").publish(site.built)
+    site.commit().rename(site.commit("k" * 70))
+    assert site.fetch(site.cache(signing_key={"env": "CACHE_KEY"}, mode="read-only")) is None
+    assert f"does not trust ('{'k' * 64}'...); building" in logs.events("remote_untrusted")[0].getMessage()
+
+
 def test_no_note_when_the_entry_is_absent_or_its_commit_folder_cannot_be_listed(site, logs):
     fleet = site.keys("fleet")
     block = {"trusted_keys": [{**fleet.reader, "host_key_prefixes": ["elsewhere-"]}], "mode": "read-only"}
@@ -710,6 +719,19 @@ def test_an_oversized_commit_record_is_discarded_then_replaced(site, logs):
     reader.publish(site.built)
     assert site.commit().read_bytes() == good and upload_line(logs).uploaded is True
     assert site.fetch(site.cache(mode="read-only"), host="c") is not None
+
+
+def test_an_unreadable_record_repaired_by_another_host_meanwhile_is_kept(site, logs, clock):
+    site.cache("builder").publish(site.built)
+    good = site.commit().read_bytes()
+    site.commit().write_bytes(b"x" * 4097)
+    reader = site.cache()
+    assert site.fetch(reader) is None
+    site.commit().write_bytes(good)  # another host repaired it while this one built
+    logs.records.clear()
+    reader.publish(site.built)
+    assert upload_line(logs).uploaded is False and reader.disabled_reason is None
+    assert site.commit().read_bytes() == good
 
 
 def test_a_fifo_as_commit_record_is_discarded_without_blocking(site, logs):
@@ -924,6 +946,7 @@ def test_a_store_without_conditional_writes_builds_without_a_lease_and_uploads_p
     cache.publish(site.built)
     assert store.count("put_file_exclusive") == 0 and store.count("create_exclusive") == 1
     assert store.count("put_file") == 1 and store.count("put_bytes", "/commit/unsigned") == 1
+    assert not [line for line in logs.lines(logging.DEBUG) if "already present" in line]
     assert site.commit().read_bytes() == unsigned_record(site.body())
     assert site.engine_part.read_bytes() == site.built.path.read_bytes()
     assert site.manifest_part.read_bytes() == site.manifest_blob()
@@ -933,6 +956,24 @@ def test_a_store_without_conditional_writes_builds_without_a_lease_and_uploads_p
     elsewhere = BuildInputs(**{**site.built.inputs, "onnx_sha256": "2" * 64})
     assert site.fetch(again, host="d", expected=elsewhere) is None
     assert store2.count("create_exclusive") == 1 and len(logs.events("remote_no_conditional")) == 1
+
+
+def test_a_run_that_was_told_about_conditional_writes_is_not_told_again(site, logs):
+    cfg = site.config()
+    store = Scripted(cfg)
+    _no_links(store)
+    cache = RemoteCache(cfg, store, None, RunState(1.0, {"no_conditional"}))
+    assert site.fetch(cache) is None and logs.events("remote_no_conditional") == []
+    assert store.count("create_exclusive") == 1 and not site.lease.exists()
+
+
+def test_a_long_refusal_is_cut_at_200_characters(site, logs):
+    cache, store = site.scripted()
+    store.around["create_exclusive"] = fail(ConditionalWriteUnsupported("NotImplemented " + "x" * 300))
+    assert site.fetch(cache) is None
+    assert logs.events("remote_no_conditional")[0].getMessage() == (
+        f"remote cache {site.url} refuses conditional writes ('NotImplemented {'x' * 185}'...); hosts may build the "
+        "same engine concurrently and an upload race is settled by the last writer")
 
 
 def test_without_conditional_writes_an_expired_lease_is_deleted_plainly(site, logs):
@@ -957,6 +998,7 @@ def test_without_conditional_writes_present_parts_are_not_rewritten(site, logs):
     assert {k: v for k, v in after.items() if "/commit/" not in k} == before
     assert site.commit().read_bytes() == unsigned_record(site.body()) and upload_line(logs).uploaded is True
     assert f"remote cache: engine part of {site.name} already present" in logs.lines(logging.DEBUG)
+    assert [r.getMessage() for r in logs.events("remote_no_conditional")] == [NO_CONDITIONAL.format(url=site.url)]
     logs.records.clear()
     site.cache("c").publish(site.built)
     assert upload_line(logs).uploaded is False
@@ -973,6 +1015,61 @@ def test_without_conditional_writes_a_wrong_part_is_replaced(site, logs):
     assert site.engine_part.read_bytes() == site.built.path.read_bytes()
     assert site.manifest_part.read_bytes() == site.manifest_blob()
     assert site.fetch(site.cache(mode="read-only")) is not None
+
+
+def test_a_refusal_first_met_at_a_small_part_is_named(site, logs):
+    cache, store = site.scripted()
+    store.around["create_exclusive"] = fail(ConditionalWriteUnsupported("hard links refused (Operation not permitted)"))
+    cache.publish(site.built)
+    assert [r.getMessage() for r in logs.events("remote_no_conditional")] == [NO_CONDITIONAL.format(url=site.url)]
+    assert store.count("put_file_exclusive") == 1 and store.count("create_exclusive") == 1
+    assert site.commit().read_bytes() == unsigned_record(site.body()) and upload_line(logs).uploaded is True
+
+
+def _with_manifest_of(site, size: int) -> EngineCacheEntry:
+    """A build whose manifest, as uploaded, is exactly ``size`` bytes (padded in its build notes)."""
+    def build(pad: int, where: str) -> EngineCacheEntry:
+        return other_build(site, site.tmp / where, b"plan" * 100, edit=lambda d: d["build"]["notes"].update(pad="p" * pad))
+
+    def shared(entry):
+        return len(shared_manifest(manifest_path_for(entry.path).read_bytes()))
+
+    first = build(100, "pad-100")
+    entry = build(100 + size - shared(first), "pad-exact")
+    assert shared(entry) == size
+    return entry
+
+
+@pytest.mark.parametrize("size", [None, 4096])
+def test_without_conditional_writes_an_oversized_object_at_a_small_parts_name_stops_the_upload(site, logs, size):
+    entry = site.built if size is None else _with_manifest_of(site, size)
+    blob = shared_manifest(manifest_path_for(entry.path).read_bytes())
+    assert len(blob) <= 4096
+    part = site.entry / "manifest" / sha(blob)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"x" * 5000)  # planted under the part's name: never read whole
+    cache, store = site.scripted()
+    _no_links(store)
+    cache.publish(entry)
+    assert [r.getMessage() for r in logs.events("remote_upload_skipped")] == [
+        f"remote cache: upload of {site.name} skipped ('larger than 4096 bytes'); the local engine is published"]
+    assert part.read_bytes() == b"x" * 5000 and not site.commit().exists()
+
+
+def test_without_conditional_writes_the_loser_of_a_race_reports_already_has(site, logs):
+    rival = site.cache("rival")
+    cache, store = site.scripted()
+    _no_links(store)
+
+    def rival_first(path, call):  # the other host of the same key commits while we upload the engine
+        if not site.commit().exists():
+            rival.publish(site.built)
+        return call()
+
+    store.around["put_file"] = rival_first
+    cache.publish(site.built)
+    assert [r.uploaded for r in logs.events("remote_upload")] == [True, False]
+    assert site.commit().read_bytes() == unsigned_record(site.body())
 
 
 def test_without_conditional_writes_a_large_present_manifest_is_not_rewritten(site, logs):
@@ -1069,10 +1166,10 @@ def _edited_manifest(site, edit) -> bytes:
 
 def test_a_manifest_for_other_inputs_names_what_differs(site, logs):
     site.cache("builder").publish(site.built)
-    site.plant(_edited_manifest(site, lambda d: d["inputs"].update(backend_version="0.0")))
+    site.plant(_edited_manifest(site, lambda d: d["inputs"].update(backend_version="0.0", backend="tvm")))
     assert site.fetch(site.cache(mode="read-only")) is None
-    assert _discarded(logs) == [f"manifest does not match this build: backend_version changed: \"0.0\" -> "
-                                f"\"{site.inputs.backend_version}\""]
+    assert _discarded(logs) == [f"manifest does not match this build: backend changed: \"tvm\" -> \"onnxruntime\"; "
+                                f"backend_version changed: \"0.0\" -> \"{site.inputs.backend_version}\""]
 
 
 def test_a_long_reason_is_cut_at_300_characters(site, logs):
@@ -1211,6 +1308,26 @@ def test_a_part_proved_bad_is_deleted_only_in_its_own_entry(site, logs):
     assert site.engine_part.read_bytes() == site.built.path.read_bytes()
 
 
+def test_a_process_without_stdin_does_not_leak_the_temporary_files_descriptor(site, logs):
+    site.cache("builder").publish(site.built)
+    site.engine_part.unlink()
+    cache = site.cache(mode="read-only")
+    engine = site.engine_path("b")
+    saved = os.dup(0)
+    os.close(0)  # a daemon: the temporary file gets descriptor 0
+    try:
+        assert cache.fetch(engine, "det", site.inputs) is None
+        try:
+            os.fstat(0)
+            leaked = True
+        except OSError:
+            leaked = False
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+    assert not leaked and _discarded(logs) == ["engine part is missing"]
+
+
 def test_a_write_error_during_the_download_is_local(site, logs):
     site.cache("builder").publish(site.built)
     cache = site.cache(mode="read-only")
@@ -1276,6 +1393,19 @@ def test_a_content_error_anywhere_else_condemns_only_the_entry(site, logs):
     assert upload_line(logs).uploaded is True and site.commit().is_file()
 
 
+def test_after_a_content_error_a_record_committed_meanwhile_is_kept(site, logs, clock):
+    cache, store = site.scripted()
+    store.around["create_exclusive"] = fail(RemoteContentError("is a symlink; not followed"), times=1, suffix="/lease")
+    assert site.fetch(cache) is None
+    site.cache("builder").publish(site.built)  # another host commits while this one builds
+    committed = site.tags()
+    logs.records.clear()
+    cache.publish(site.built)
+    assert upload_line(logs).uploaded is False and cache.disabled_reason is None
+    assert {k: v for k, v in site.tags().items() if not k.endswith("_seen.json")} == \
+        {k: v for k, v in committed.items() if not k.endswith("_seen.json")}
+
+
 # --- publish --------------------------------------------------------------------------------------
 
 def test_publish_on_a_read_only_or_disabled_host_uploads_nothing(site, logs):
@@ -1312,6 +1442,23 @@ def test_an_upload_that_keeps_failing_turns_the_cache_off_after_timeout_s(site, 
     assert down[0].model_name == "det"
     assert not site.commit().exists() and logs.events("remote_upload") == []
     assert site.fetch(cache) is None
+
+
+def test_a_long_content_error_on_upload_is_cut_at_200_characters(site, logs):
+    cache, store = site.scripted()
+    store.around["put_file_exclusive"] = fail(RemoteContentError("is not a regular file " + "y" * 300))
+    cache.publish(site.built)
+    assert logs.events("remote_upload_skipped")[0].getMessage() == (
+        f"remote cache: upload of {site.name} skipped ('is not a regular file {'y' * 178}'...); the local engine is "
+        "published")
+
+
+def test_an_upload_that_stalls_says_so_in_timeout_s_words(site, logs, clock):
+    cache, store = site.scripted(timeout_s=0.5)
+    store.around["put_file_exclusive"] = fail(transport(TimeoutError("no progress for 0.5 s (upload)")))
+    cache.publish(site.built)
+    assert cache.disabled_reason == (f"upload of {site.name} failed after 2 attempt(s) in 0.2 s (no progress for "
+                                     "timeout_s 0.5 s)")
 
 
 def test_an_upload_already_there_is_left_as_it_is(site, logs):
@@ -1384,6 +1531,64 @@ def test_a_repair_by_another_host_meanwhile_is_not_undone(site, logs):
                                                                        manifest_path_for(rival.path).read_bytes()))))
     assert [r.uploaded for r in logs.events("remote_upload")] == [True, False]  # the fixer's, then ours
     assert not site.engine_part.exists()
+
+
+def test_a_repaired_entry_published_again_is_left_as_it_is(site, logs):
+    site.cache("builder").publish(site.built)
+    site.engine_part.unlink()
+    reader = site.cache()
+    assert site.fetch(reader) is None
+    reader.publish(site.built)  # the repair: the record (same bytes) is replaced
+    before = site.tags()
+    logs.records.clear()
+    reader.publish(site.built)  # the same engine again in this run: nothing left to repair
+    assert site.tags() == before and upload_line(logs).uploaded is False
+
+
+def test_a_record_without_an_etag_is_replaced_unconditionally(site, logs):
+    site.cache("builder").publish(site.built)
+    site.engine_part.unlink()
+    reader, store = site.scripted()
+    assert site.fetch(reader) is None
+
+    def no_etag(path, call):  # a server that sends no ETag
+        found = call()
+        return found if found is None or not path.endswith("/commit/unsigned") else (found[0], found[1], None)
+
+    store.around["read"] = no_etag
+    reader.publish(site.built)
+    assert store.count("delete_if_match") == 0 and store.count("delete", "/commit/unsigned") == 1
+    assert site.engine_part.read_bytes() == site.built.path.read_bytes() and upload_line(logs).uploaded is True
+
+
+def test_a_local_manifest_of_one_mib_and_a_byte_is_read_whole(site, logs):
+    folder = site.tmp / "large"
+    folder.mkdir()
+    engine = folder / site.name
+    shutil.copyfile(site.built.path, engine)
+    document = json.loads(manifest_path_for(site.built.path).read_bytes())
+    document["build"]["notes"] = {"log": ""}
+    document["build"]["notes"]["log"] = "n" * (MIB + 1 - len(manifest_bytes(document)))
+    manifest_path_for(engine).write_bytes(manifest_bytes(document))
+    assert manifest_path_for(engine).stat().st_size == MIB + 1
+    entry = EngineCacheEntry("det", engine, site.built.sha256, site.built.size, site.built.inputs, document)
+    site.cache().publish(entry)  # as uploaded (no pid, the ONNX file name only) it fits a reader's 1 MiB
+    assert upload_line(logs).uploaded is True
+    assert site.fetch(site.cache(mode="read-only")) is not None
+
+
+def test_a_local_manifest_over_one_mib_is_never_uploaded(site, logs, clock):
+    folder = site.tmp / "huge"
+    folder.mkdir()
+    engine = folder / site.name
+    shutil.copyfile(site.built.path, engine)
+    document = json.loads(manifest_path_for(site.built.path).read_bytes())
+    document["build"]["notes"] = {"log": "n" * (MIB + 10)}
+    manifest_path_for(engine).write_bytes(manifest_bytes(document))
+    entry = EngineCacheEntry("det", engine, site.built.sha256, site.built.size, site.built.inputs, document)
+    site.cache(timeout_s=0.5).publish(entry)
+    assert not site.commit().exists() and not (site.entry / "manifest").exists()
+    assert logs.events("remote_upload") == []
 
 
 def test_a_record_repaired_by_another_host_before_our_publish_is_kept(site, logs):
