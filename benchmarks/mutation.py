@@ -42,7 +42,7 @@ WORK = ROOT / "build" / "mutation"
 EQUIVALENT_FILE = ROOT / "benchmarks" / "mutation-equivalent.txt"
 PENDING_FILE = ROOT / "benchmarks" / "mutation-pending.txt"
 MUTMUT_VERSION = "3.8.1"
-COPIED = ("provisioning", "tests", "corpus", "pyproject.toml")
+COPIED = ("provisioning", "tests", "corpus", "docs", "pyproject.toml")
 
 _SURVIVORS = "tests/unit/test_mutation_*.py"  # the tests written to kill survivors, for every module
 # module -> the fast, in-process tests that exercise it (a glob expands in the copy)
@@ -160,7 +160,7 @@ def prepare_copy(module: str, from_head: bool, keep: bool) -> Path:
         "[mutmut]\n"
         "source_paths = provisioning\n"
         f"only_mutate = provisioning/{module}\n"
-        "also_copy =\n    corpus\n"
+        "also_copy =\n    corpus\n    docs\n"
         "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -q\n"
         "pytest_add_cli_args_test_selection =\n" + "".join(f"    {t}\n" for t in tests) +
         "use_git_change_detection = false\n"

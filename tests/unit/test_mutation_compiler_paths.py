@@ -252,9 +252,10 @@ def test_a_fetched_engine_is_reused_and_its_event_says_from_where(tmp_path, monk
     config, specs = _host_config(tmp_path, "b", remote)
     fetched = _compile(config, specs)
     assert fetched.outcome is CompileOutcome.REUSED and fetched.source == "remote"
-    assert fetched.entry.sha256 == built.entry.sha256
+    assert fetched.entry.sha256 == built.entry.sha256 and fetched.model_name == "det"
     assert fetched.miss_reasons == ("no engine in the cache",)
     (event,) = read_events(config.cache_dir)
+    assert event["model_name"] == "det" and event["engine"] == fetched.entry.file_name
     assert event["source"] == "remote" and event["outcome"] == "REUSED"
     assert event["host_key"] == HOST.identity_for(specs[0]).host_key
     assert event["fetch_bytes"] == built.entry.size
@@ -291,10 +292,18 @@ def test_a_heartbeat_before_any_progress_says_starting(corpus_dir, logged):  # n
     assert beats[0].phase == "starting"
 
 
-def test_the_default_heartbeat_interval_is_the_documented_five_seconds():
-    import inspect
+def test_the_default_heartbeat_interval_is_the_documented_five_seconds(corpus_dir, monkeypatch):
+    intervals = []
 
-    assert inspect.signature(EngineCompiler).parameters["heartbeat_s"].default == 5.0
+    class Recorded(compiler_module._Heartbeat):
+        def __init__(self, model_name, interval_s):
+            intervals.append(interval_s)
+            super().__init__(model_name, interval_s)
+
+    monkeypatch.setattr(compiler_module, "_Heartbeat", Recorded)
+    config, specs = _specs(corpus_dir)
+    _run(config, specs)  # a compiler made without heartbeat_s
+    assert intervals == [5.0]
     docs = (Path(__file__).resolve().parents[2] / "docs" / "doit.md").read_text()
     assert "every 5 s" in docs
 
@@ -398,3 +407,31 @@ def test_validation_that_cannot_run_on_a_fetched_engine_fails_with_a_remote_even
     (event,) = read_events(config.cache_dir)
     assert (event["outcome"], event["source"], event["error_class"]) == ("FAILED", "remote", "RuntimeError")
     assert event["host_key"] == HOST.identity_for(specs[0]).host_key
+
+
+def test_local_revalidation_asks_the_backend_for_this_host_and_a_failure_names_it(corpus_dir):
+    config, specs = _specs(corpus_dir)
+    _run(config, specs)
+    config, specs = _specs(corpus_dir, validate={"runs": 1})
+    backend = _HostRecording()
+    assert _run(config, specs, backend).outcome is CompileOutcome.REUSED
+    assert backend.hosts == [HOST]
+    config, specs = _specs(corpus_dir, validate={"runs": 2})
+    with pytest.raises(RuntimeError, match="no inference session here"):
+        _run(config, specs, _HostRecording(RuntimeError("no inference session here")))
+    event = read_events(config.cache_dir)[-1]
+    assert (event["outcome"], event["source"], event["model_name"]) == ("FAILED", "local", "det")
+    assert event["host_key"] == HOST.identity_for(specs[0]).host_key
+
+
+def test_an_engine_validated_by_another_process_meanwhile_is_not_validated_again(corpus_dir):
+    """The first look (hashed ahead) says stale; under the lock the entry checks out, validated: reuse it."""
+    from provisioning.sidecar import Verification
+
+    config, specs = _specs(corpus_dir, validate={"runs": 1})
+    _run(config, specs)
+    backend = _HostRecording()
+    stale = lambda path: Verification(False, "engine changed while it was hashed")  # noqa: E731
+    result = _run(config, specs, backend, verify=stale)
+    assert result.outcome is CompileOutcome.REUSED
+    assert backend.hosts == []  # its validation record already covers today's criteria
