@@ -64,6 +64,10 @@ class _LocalWriteError(Exception):
     """Writing a fetched engine into the local cache failed (not the remote's fault)."""
 
 
+class _LocalManifestError(Exception):
+    """The local manifest of an entry to upload cannot be read or parsed (not the remote's fault)."""
+
+
 @dataclass
 class RunState:
     """What one run shares across its RemoteCache objects: warnings given, wait budget left."""
@@ -419,6 +423,11 @@ class RemoteCache:
                          extra={"event": "remote_upload", "engine": entry.file_name, "uploaded": uploaded,
                                 "attempts": attempt, "key_id": self.commit_id})
                 return
+            except _LocalManifestError as exc:  # this host's own file: retrying or turning the remote off fixes nothing
+                log.warning("remote cache: upload of %s skipped (its local manifest %s); the local engine is "
+                            "published, the remote stays on", entry.file_name, exc,
+                            extra={"event": "remote_upload_skipped"})
+                return
             except RemoteContentError as exc:  # the bucket holds something this host cannot replace
                 log.warning("remote cache: upload of %s skipped (%s); the local engine is published",
                             entry.file_name, shown(str(exc), 200), extra={"event": "remote_upload_skipped"})
@@ -439,8 +448,13 @@ class RemoteCache:
         cfg, store, name = self.config, self.store, entry.file_name
         host_key = str(entry.inputs.get("host", {}).get("host_key", ""))
         paths = EntryPaths(store, host_key, name, inputs_digest(entry.inputs))
-        manifest_blob = _read_local(manifest_path_for(entry.path))
-        manifest_blob = shared_manifest(manifest_blob, corpus=cfg.corpus, details=cfg.share_build_details)
+        try:
+            manifest_blob = _read_local(manifest_path_for(entry.path))
+            manifest_blob = shared_manifest(manifest_blob, corpus=cfg.corpus, details=cfg.share_build_details)
+        except OSError as exc:
+            raise _LocalManifestError(f"cannot be read: {exc.strerror or exc}") from None
+        except (ValueError, RecursionError, AttributeError, TypeError) as exc:  # over 1 MiB (cut), or not a manifest
+            raise _LocalManifestError(f"is not a readable manifest of at most 1 MiB ({type(exc).__name__})") from None
         manifest_sha = hashlib.sha256(manifest_blob).hexdigest()
         body = entry_message(cfg.namespace, host_key, name, paths.digest, entry.sha256, entry.size, manifest_sha)
         signer = self.keys.signer if self.keys is not None else None

@@ -1586,9 +1586,32 @@ def test_a_local_manifest_over_one_mib_is_never_uploaded(site, logs, clock):
     document["build"]["notes"] = {"log": "n" * (MIB + 10)}
     manifest_path_for(engine).write_bytes(manifest_bytes(document))
     entry = EngineCacheEntry("det", engine, site.built.sha256, site.built.size, site.built.inputs, document)
-    site.cache(timeout_s=0.5).publish(entry)
+    cache = site.cache(timeout_s=0.5)
+    cache.publish(entry)
     assert not site.commit().exists() and not (site.entry / "manifest").exists()
     assert logs.events("remote_upload") == []
+    # this host's own file is at fault: one line saying so, no retries, the remote stays on
+    assert cache.disabled_reason is None
+    (skipped,) = logs.events("remote_upload_skipped")
+    assert skipped.getMessage() == (f"remote cache: upload of {site.name} skipped (its local manifest is not a "
+                                    "readable manifest of at most 1 MiB (JSONDecodeError)); the local engine is "
+                                    "published, the remote stays on")
+
+
+def test_a_local_manifest_that_cannot_be_read_skips_the_upload_and_keeps_the_remote_on(site, logs):
+    folder = site.tmp / "linked"
+    folder.mkdir()
+    engine = folder / site.name
+    shutil.copyfile(site.built.path, engine)
+    manifest_path_for(engine).symlink_to(manifest_path_for(site.built.path))  # never followed
+    entry = EngineCacheEntry("det", engine, site.built.sha256, site.built.size, site.built.inputs, {})
+    cache = site.cache(timeout_s=0.5)
+    cache.publish(entry)
+    assert cache.disabled_reason is None and not site.commit().exists()
+    (skipped,) = logs.events("remote_upload_skipped")
+    assert "its local manifest cannot be read: " in skipped.getMessage()
+    cache.publish(site.built)  # the next engine still uploads
+    assert site.commit().exists()
 
 
 def test_a_record_repaired_by_another_host_before_our_publish_is_kept(site, logs):
