@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, runtime_checkable
 
 from ..sidecar import Payload
 
@@ -55,3 +58,50 @@ class CompileEngineCallable(Protocol):
     def compile_engine(self, spec: "BackboneSpec", host: "HostCapabilities", output: EngineOutput) -> None:
         """Build ``spec`` for ``host`` and publish it with ``output.write``; raise on failure."""
         ...
+
+
+_WRITEBACK_POLL_S = 0.01
+
+
+def _fsync(fd: int) -> None:
+    os.fsync(fd)  # through any descriptor: writes back the file's dirty pages so far
+
+
+@contextlib.contextmanager
+def writing_back(path: Path) -> Iterator[None]:
+    """While a library writes ``path`` itself (ONNX Runtime's optimised model), write it back as it grows.
+
+    A thread opens the file once it appears and fsyncs it until the block ends, so the disk
+    writes while the library is still serialising instead of after it: the publish's own
+    fsync (the durability point, unchanged) then waits only for the last pages. The
+    library must release the GIL while it writes (ONNX Runtime does). Best effort: any
+    error only ends the thread early.
+    """
+    done = threading.Event()
+
+    def run() -> None:
+        fd = -1
+        try:
+            while fd < 0:
+                if done.is_set():
+                    return
+                try:
+                    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+                except FileNotFoundError:
+                    done.wait(_WRITEBACK_POLL_S)
+            while not done.is_set():
+                _fsync(fd)
+                done.wait(_WRITEBACK_POLL_S)
+        except OSError:
+            pass
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    thread = threading.Thread(target=run, name="engine-writeback", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
