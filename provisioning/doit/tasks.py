@@ -218,10 +218,8 @@ def _command_runs_tasks() -> bool:
     program = os.path.basename(sys.argv[0]) if sys.argv else ""
     if program != "doit" and getattr(spec, "name", None) != "doit.__main__":
         return False  # a library call or a test: hashing starts at the first check, as before
-    args = sys.argv[1:]
-    if not args or args[0] == "run" or args[0].startswith("-"):
-        return True
-    return args[0] not in _NO_RUN_COMMANDS and not args[0].startswith("engines-")
+    args = sys.argv[1:]  # ``run``, a task name or an option ("-n") all mean a run
+    return not args or (args[0] not in _NO_RUN_COMMANDS and not args[0].startswith("engines-"))
 
 
 # The SharedVerifier of the corpus this process generated tasks for: the actions use it

@@ -77,6 +77,7 @@ def test_verify_stat_answers_from_the_index_and_starts_nothing_at_generation(bui
     (["/usr/lib/python3/doit/__main__.py", "list"], "doit.__main__", False),
     (["/venv/bin/pytest", "tests"], None, False),  # in-process: not doit's command line
     (["serve.py", "engines"], None, False),
+    ([], None, False),  # an embedded interpreter
 ])
 def test_which_command_lines_run_tasks(monkeypatch, argv, main_spec, runs):
     main = types.ModuleType("__main__")
