@@ -325,8 +325,9 @@ def bench_warm_full(work: Path, sizes: Sizes) -> list[Row]:
     floor_nodb = (listing + total_mb * 1e6 / (cores() * rate)) / nodb_ref
     floor_checkout = (listing + (total_mb + onnx_mb) * 1e6 / (cores() * rate)) / nodb_ref
     durable = writeback_rate(project, size=max(4, min(100, int(total_mb / len(engines)))) << 20)  # one engine's size
-    # the publish hashes the engine (1 core) while it is written back (the disk): the slower one counts
-    floor_cold = (list_cold + compile_s + total_mb * 1e6 / min(rate, durable)) / compile_s
+    # after the backend returns, the publish hashes the engine (1 core); the write-back overlaps the
+    # backend's own write and that hash, so the disk's rate (shown) bounds it only when slower than both
+    floor_cold = (list_cold + compile_s + total_mb * 1e6 / rate) / compile_s
     return [
         Row("warm-full", f"no-op `doit engines`, {len(engines)} engines, {total_mb:.0f} MB / openssl dgst -sha256",
             measured / reference, 0.75, False, f"doit {measured:.2f} s, openssl {reference:.2f} s",
@@ -348,7 +349,8 @@ def bench_warm_full(work: Path, sizes: Sizes) -> list[Row]:
             "/ sum of compile_duration_s", cold_ratio, 1.25, False,
             f"doit {cold_s:.2f} s, compiles {compile_s:.2f} s (best of 2); floor {floor_cold:.2f} = cold "
             f"`doit list` {list_cold:.2f} s (start-up, every ONNX inspected) + compiles + {total_mb:.0f} MB "
-            f"made durable (fsync {durable / 1e6:.0f} MB/s) while hashed on 1 core ({rate / 1e6:.0f} MB/s)",
+            f"hashed once on 1 core ({rate / 1e6:.0f} MB/s); written back at {durable / 1e6:.0f} MB/s (fsync) "
+            "while ONNX Runtime writes and the hash runs",
             floor=floor_cold,
             figures={"doit_s": cold_s, "compile_s": compile_s, "doit_list_cold_s": list_cold,
                      "writeback_mb_s": durable / 1e6, "hash_mb_s": rate / 1e6}),

@@ -56,7 +56,7 @@ def test_quick_run_prints_every_row_with_a_ratio_the_command_the_load_and_a_json
     cold_io = next(line for line in result.stdout.splitlines() if line.startswith("| cold-io "))
     assert re.search(r"floor [0-9.]+ = cold `doit list` [0-9.]+ s", cold_io), cold_io  # a target it may miss
     # the disk's own writeback rate is measured: an engine is durable before BUILT is printed
-    assert re.search(r"made durable \(fsync [0-9]+ MB/s\) while hashed on 1 core \([0-9]+ MB/s\)", cold_io), cold_io
+    assert re.search(r"hashed once on 1 core \([0-9]+ MB/s\); written back at [0-9]+ MB/s \(fsync\)", cold_io), cold_io
     saved = Path(re.search(r"^results: (\S+)", result.stdout, re.M).group(1))
     document = json.loads(saved.read_text())
     saved.unlink()
