@@ -95,6 +95,7 @@ def test_engine_tasks_starts_hashing_only_for_a_full_verify_run(corpus_dir: Path
     config = corpus_dir / "corpus.yaml"
     config.write_text(config.read_text() + f"verify: {verify}\n")
     monkeypatch.setattr(tasks, "_command_runs_tasks", lambda: runs)
+    monkeypatch.setattr(tasks.interrupt, "install", lambda: None)  # leave this test process's signals alone
     monkeypatch.setattr(tasks, "_RUN_VERIFIER", {})
     generated = list(tasks.engine_tasks(config))
     assert [t["name"] for t in generated][1:] == ["det", "cls", "emb"]

@@ -69,6 +69,13 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+# exec the real command (same pid) with SIGINT and SIGTERM at their defaults
+_DEFAULT_SIGNALS_EXEC = ("import os, signal, sys\n"
+                         "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+                         "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+                         "os.execv(sys.argv[1], sys.argv[1:])\n")
+
+
 @dataclass
 class Project(DoitProject):
     """A doit project: ``root/dodo.py`` (faulty backend injected), ``root/corpus/``, cache in corpus/cache."""
@@ -82,8 +89,14 @@ class Project(DoitProject):
         return child_env(extra)
 
     def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        """Start a child in its own session (so a SIGKILL takes it down like the OOM killer would)."""
-        return subprocess.Popen(argv, cwd=self.root, env=child_env(env), stdout=subprocess.PIPE,
+        """Start a child in its own session (so a SIGKILL takes it down like the OOM killer would).
+
+        The child starts with SIGINT and SIGTERM at their defaults, as a shell starts a
+        foreground job: an ignored disposition is inherited through exec, and this test
+        process may have had SIGINT ignored by something it ran in-process (seen in CI).
+        """
+        launcher = [PYTHON, "-c", _DEFAULT_SIGNALS_EXEC, *argv]
+        return subprocess.Popen(launcher, cwd=self.root, env=child_env(env), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
     def spawn_doit(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:

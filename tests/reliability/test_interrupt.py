@@ -213,11 +213,15 @@ def test_a_signal_during_the_commit_lands_after_it(tmp_path: Path, monkeypatch: 
             time.sleep(0.01)  # the handler runs here unless the commit holds it back
 
     monkeypatch.setattr(os, "replace", replace_then_signal)
+    # Python's own default, whatever an earlier in-process test left (CI once saw SIGINT ignored here)
+    monkeypatch.setattr(interrupt._state, "signum", None)
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(interrupt.Interrupted) as stop, interrupt.guard():
             sidecar.Sha256Sidecar.write_atomic_and_sidecar(engine, b"new engine")
     finally:
         monkeypatch.undo()
+        signal.signal(signal.SIGINT, saved)
         interrupt._state.signum = None  # this process goes on (pytest): let the next test be stopped
     assert Sha256Sidecar.check(engine).ok and engine.read_bytes() == b"new engine"
     assert stop.value.code == 130 and len(calls) == 2, calls
