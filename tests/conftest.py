@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import os
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -105,3 +108,48 @@ def corpus_dir(tmp_path: Path) -> Path:
 def corpus_yaml(corpus_dir: Path) -> Path:
     """The corpus.yaml of :func:`corpus_dir`."""
     return corpus_dir / "corpus.yaml"
+
+
+class LogRecords(logging.Handler):
+    """Every record a logger emits, at every level (the tests' own capture: pytest's caplog obeys levels others set)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def clear(self) -> None:
+        self.records.clear()
+
+    def warnings(self) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= logging.WARNING]
+
+    def events(self, event: str) -> list[logging.LogRecord]:
+        return [r for r in self.records if getattr(r, "event", None) == event]
+
+    def lines(self, level: int) -> list[str]:
+        """The messages logged at exactly ``level``."""
+        return [r.getMessage() for r in self.records if r.levelno == level]
+
+    def at_least(self, level: int = logging.INFO) -> list[str]:
+        """The messages logged at ``level`` or above."""
+        return [r.getMessage() for r in self.records if r.levelno >= level]
+
+
+@contextlib.contextmanager
+def recording(name: str) -> Iterator[LogRecords]:
+    """Capture logger ``name`` at DEBUG, whatever handlers, levels or disabling earlier tests left; restored after."""
+    handler = LogRecords()
+    logger = logging.getLogger(name)
+    saved = (logger.level, logger.disabled)
+    logger.setLevel(logging.DEBUG)
+    logger.disabled = False
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.disabled = saved[1]

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, runtime_checkable
 
-from ..sidecar import Payload
+from ..sidecar import Payload, open_nofollow
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..specs import BackboneSpec
@@ -86,7 +86,7 @@ def writing_back(path: Path) -> Iterator[None]:
                 if done.is_set():
                     return
                 try:
-                    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+                    fd = open_nofollow(path)
                 except FileNotFoundError:
                     done.wait(_WRITEBACK_POLL_S)
             while not done.is_set():

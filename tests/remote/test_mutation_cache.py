@@ -43,7 +43,7 @@ from provisioning.remote.store import (
     ConditionalWriteUnsupported, RemoteContentError, RemoteStore, RemoteUnavailable,
 )
 from provisioning.sidecar import is_temp_name
-from tests.conftest import CORPUS, DEFAULT_BACKBONES, write_corpus_yaml
+from tests.conftest import CORPUS, DEFAULT_BACKBONES, recording, write_corpus_yaml
 
 from .conftest import make_ed25519_keys
 
@@ -64,40 +64,11 @@ def built(tmp_path_factory) -> EngineCacheEntry:
     return summary.results[0].entry
 
 
-class Records(logging.Handler):
-    """Every record of provisioning.remote, whatever levels and handlers other tests left."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    def warnings(self) -> list[str]:
-        return [r.getMessage() for r in self.records if r.levelno >= logging.WARNING]
-
-    def events(self, event: str) -> list[logging.LogRecord]:
-        return [r for r in self.records if getattr(r, "event", None) == event]
-
-    def lines(self, level: int) -> list[str]:
-        return [r.getMessage() for r in self.records if r.levelno == level]
-
-
 @pytest.fixture
 def logs():
-    handler = Records()
-    logger = logging.getLogger("provisioning.remote")
-    saved = (logger.level, logger.disabled)
-    logger.setLevel(logging.DEBUG)
-    logger.disabled = False
-    logger.addHandler(handler)
-    try:
+    """Every record of provisioning.remote, whatever levels and handlers other tests left."""
+    with recording("provisioning.remote") as handler:
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.disabled = saved[1]
 
 
 class Scripted(LocalRemoteStore):

@@ -25,38 +25,16 @@ from provisioning.host import HostCapabilities
 from provisioning.manifest import read_manifest
 from provisioning.qualification import validation_of
 from provisioning.sidecar import Sha256Sidecar
-from tests.conftest import DEFAULT_BACKBONES, write_corpus_yaml
+from tests.conftest import DEFAULT_BACKBONES, recording, write_corpus_yaml
 
 HOST = HostCapabilities("onnxruntime", "1.32.0", "x86_64", ("avx2", "fma"))
-
-
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    def lines(self, level=logging.INFO):
-        return [r.getMessage() for r in self.records if r.levelno >= level]
 
 
 @pytest.fixture
 def logged():
     """The compiler's records, whatever handlers and levels earlier tests left configured."""
-    handler = _Records()
-    logger = logging.getLogger("provisioning.compiler")
-    saved = (logger.level, logger.disabled)
-    logger.setLevel(logging.DEBUG)
-    logger.disabled = False
-    logger.addHandler(handler)
-    try:
+    with recording("provisioning.compiler") as handler:
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.disabled = saved[1]
 
 
 def _specs(corpus_dir, **det):
@@ -98,7 +76,7 @@ def test_a_cached_engine_is_validated_in_place_when_criteria_are_added(corpus_di
     result = _run(config, specs)
     assert result.outcome is CompileOutcome.REUSED and result.entry.path == built.entry.path
     assert result.miss_reasons == ("no validation recorded for this engine",)
-    assert "validating det: no validation recorded for this engine" in logged.lines()
+    assert "validating det: no validation recorded for this engine" in logged.at_least()
     manifest = read_manifest(result.entry.path)
     assert validation_of(manifest)["passed"] is True and result.entry.manifest == manifest
     event = read_events(config.cache_dir)[-1]
@@ -117,7 +95,7 @@ def test_a_backend_that_validates_only_while_building_rebuilds_and_says_why(corp
     assert result.outcome is CompileOutcome.BUILT and backend.calls == 1
     assert result.miss_reasons == ("no validation recorded for this engine; this backend validates only while building",)
     assert "miss det: no validation recorded for this engine; this backend validates only while building" \
-        in logged.lines()
+        in logged.at_least()
     assert validation_of(read_manifest(result.entry.path))["passed"] is True
 
 
@@ -139,7 +117,7 @@ def test_validation_that_cannot_run_fails_the_backbone_without_a_rebuild(corpus_
     with pytest.raises(RuntimeError) as caught:
         _run(config, specs, backend)
     assert backend.calls == 0 and getattr(caught.value, LOGGED_MARK) is True
-    assert "FAILED det: onnxruntime session failed" in logged.lines(logging.ERROR)
+    assert "FAILED det: onnxruntime session failed" in logged.at_least(logging.ERROR)
     event = read_events(config.cache_dir)[-1]
     assert (event["outcome"], event["error_class"], event["engine"], event["reason"]) == (
         "FAILED", "RuntimeError", built.entry.file_name, "onnxruntime session failed")
@@ -196,7 +174,7 @@ def test_a_backend_that_writes_nothing_fails_with_one_line(corpus_dir, logged):
     with pytest.raises(BackendError) as caught:
         _run(config, specs, Silent())
     assert str(caught.value) == "backbone det: the backend returned without writing an engine"
-    assert logged.lines(logging.ERROR) == ["FAILED det: backbone det: the backend returned without writing an engine"]
+    assert logged.at_least(logging.ERROR) == ["FAILED det: backbone det: the backend returned without writing an engine"]
     event = read_events(config.cache_dir)[-1]
     assert event["outcome"] == "FAILED" and event["error_class"] == "BackendError"
     assert event["miss_reasons"] == ["no engine in the cache"] and event["source"] == "local"

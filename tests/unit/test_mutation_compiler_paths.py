@@ -29,7 +29,7 @@ from provisioning.manifest import read_manifest
 from provisioning.remote import make_remote_cache
 from provisioning.sidecar import is_temp_name, temp_owner_pid
 from tests.conftest import CORPUS, DEFAULT_BACKBONES, write_corpus_yaml
-from tests.unit.test_mutation_compiler import NoValidation, _Records, _run, _specs, logged  # noqa: F401
+from tests.unit.test_mutation_compiler import NoValidation, _run, _specs, logged  # noqa: F401
 
 HOST = HostCapabilities("onnxruntime", "1.32.0", "x86_64", ("avx2", "fma"))
 
@@ -239,9 +239,10 @@ def _host_config(tmp_path: Path, name: str, remote: Path, validate=None) -> tupl
     return config, build_backbone_specs(config, "onnxruntime")
 
 
-def _compile(config, specs):
+def _compile(config, specs, backend=None):
+    """One backbone through an EngineCompiler with the config's real file:// remote."""
     request = EngineCompileRequest(backbones=specs, cache_dir=config.cache_dir, host=HOST)
-    compiler = EngineCompiler(OnnxRuntimeBackend(), remote=make_remote_cache(config))
+    compiler = EngineCompiler(backend or OnnxRuntimeBackend(), remote=make_remote_cache(config))
     return compiler.compile_engines_for_corpus(request).results[0]
 
 
@@ -361,25 +362,20 @@ class _HostRecording(OnnxRuntimeBackend):
         return super().validate_engine(spec, host, engine)
 
 
-def _compile_with(config, specs, backend):
-    request = EngineCompileRequest(backbones=specs, cache_dir=config.cache_dir, host=HOST)
-    return EngineCompiler(backend, remote=make_remote_cache(config)).compile_engines_for_corpus(request).results[0]
-
-
 def test_a_fetched_engine_is_validated_here_under_todays_criteria(tmp_path, monkeypatch, logged):  # noqa: F811
     monkeypatch.setenv("PROVISIONING_TEST_KEY", "a shared secret for this test only")
     remote = tmp_path / "bucket"
     built = _compile(*_host_config(tmp_path, "a", remote))
     config, specs = _host_config(tmp_path, "b", remote, validate={"runs": 1})
     backend = _HostRecording()
-    fetched = _compile_with(config, specs, backend)
+    fetched = _compile(config, specs, backend)
     assert fetched.outcome is CompileOutcome.REUSED and fetched.source == "remote", fetched
     assert fetched.entry.sha256 == built.entry.sha256 and backend.hosts == [HOST]
     assert read_manifest(fetched.entry.path)["build"]["notes"]["validated"] is True
     # a third host with the same criteria finds the validation record already there: no second run
     config, specs = _host_config(tmp_path, "c", remote, validate={"runs": 1})
     third = _HostRecording()
-    again = _compile_with(config, specs, third)
+    again = _compile(config, specs, third)
     assert again.outcome is CompileOutcome.REUSED and again.source == "remote"
     assert third.hosts in ([], [HOST])  # [] when the validated manifest was what got shared
 
@@ -392,7 +388,7 @@ def test_a_fetched_engine_failing_todays_criteria_is_built_here(tmp_path, monkey
     _compile(*_host_config(tmp_path, "a", remote))
     config, specs = _host_config(tmp_path, "b", remote, validate={"runs": 1})
     backend = _HostRecording(ValidationFailed("backbone det: validation failed (max abs diff 1.0 > atol 0.001)"))
-    result = _compile_with(config, specs, backend)
+    result = _compile(config, specs, backend)
     assert result.outcome is CompileOutcome.BUILT
     assert result.miss_reasons == ("no engine in the cache",)
 
@@ -403,7 +399,7 @@ def test_validation_that_cannot_run_on_a_fetched_engine_fails_with_a_remote_even
     _compile(*_host_config(tmp_path, "a", remote))
     config, specs = _host_config(tmp_path, "b", remote, validate={"runs": 1})
     with pytest.raises(RuntimeError, match="no inference session here"):
-        _compile_with(config, specs, _HostRecording(RuntimeError("no inference session here")))
+        _compile(config, specs, _HostRecording(RuntimeError("no inference session here")))
     (event,) = read_events(config.cache_dir)
     assert (event["outcome"], event["source"], event["error_class"]) == ("FAILED", "remote", "RuntimeError")
     assert event["host_key"] == HOST.identity_for(specs[0]).host_key

@@ -25,7 +25,7 @@ from provisioning.doit import tasks
 from provisioning.doit.corpus import load_corpus
 from provisioning.doit.filedep import Sha256FileChecker
 from provisioning.errors import ConfigError, NoGpuError
-from tests.conftest import DEFAULT_BACKBONES, write_corpus_yaml
+from tests.conftest import DEFAULT_BACKBONES, LogRecords, write_corpus_yaml
 
 
 @pytest.fixture(autouse=True)
@@ -37,22 +37,10 @@ def _clean_state(monkeypatch):
     monkeypatch.setattr(interrupt, "install", lambda: None)
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    def clear(self):
-        self.records.clear()
-
-
 @pytest.fixture
 def caplog():
     """The records of provisioning's loggers, whatever handlers and levels earlier tests left configured."""
-    handler = _Records()
+    handler = LogRecords()
     loggers = [logging.getLogger(n) for n in ("provisioning", "provisioning.doit", "provisioning.compiler")]
     saved = [(lg.level, lg.disabled) for lg in loggers]
     for lg in loggers:
