@@ -3,21 +3,46 @@
 Everything a user can get wrong is caught here (or, for facts only the ONNX file knows,
 in :mod:`provisioning.compose`) before anything is built or written, and reported as one
 line naming the file, the backbone and the field.
+
+This module holds the corpus structure (the dataclasses, the top-level and per-backbone
+keys); the concepts under it live beside it, and their names stay importable from here:
+
+- :mod:`provisioning.config_yaml`: reading the YAML document (duplicate keys refused);
+- :mod:`provisioning.config_fields`: the checker of each kind of field, and the capped
+  :func:`~provisioning.config_fields.shown` that error messages echo values with;
+- :mod:`provisioning.config_validate`: the ``validate:`` criteria.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
-import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
+from .config_fields import (MAX_DIM, MAX_ELEMENTS, Where, bool_field, choice, dims_field, int_field, names,
+                            nested_shape, path_field, shown)
+from .config_validate import (DEFAULT_MIN_COSINE, DEFAULT_VALIDATION_RUNS, VALIDATE_KEYS, VALIDATION_METRICS,
+                              ValidationCriteria, criteria_of, parse_validate)
+from .config_yaml import load_yaml, read_yaml_file
 from .errors import ConfigError
+
+__all__ = ["BACKENDS", "DEFAULT_MIN_COSINE", "DEFAULT_VALIDATION_RUNS", "DEFAULT_WORKSPACE_MB",
+           "HARDWARE_COMPATIBILITY", "MAX_DIM", "MAX_ELEMENTS", "MODEL_NAME_RE", "PRECISIONS", "RTX_UNSUPPORTED",
+           "SUPPORTED_PRECISIONS", "TARGET_RE", "TENSORRT_BACKENDS", "VALIDATION_METRICS", "VERIFY_MODES",
+           "BackboneConfig", "ConfigError", "InputShape", "ProvisioningConfig", "ValidationCriteria",
+           "criteria_of", "load_config", "nested_shape", "parse_config", "shown", "unsupported_precision"]
+
+# The private names other modules and tests have used, kept as they were.
+_shown = shown
+_names = names
+_nested_shape = nested_shape
+_load_yaml = load_yaml
+_Where = Where
+_VALIDATE_KEYS = VALIDATE_KEYS
+_validate_field = parse_validate
+_choice, _int_field, _bool_field, _path_field, _dims = choice, int_field, bool_field, path_field, dims_field
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "tensorrt-rtx")
 TENSORRT_BACKENDS = ("tensorrt", "tensorrt-rtx")
@@ -42,27 +67,6 @@ HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
 VERIFY_MODES = ("full", "stat")
 DEFAULT_WORKSPACE_MB = 4096
 MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-MAX_DIM = 2**31 - 1
-MAX_ELEMENTS = 2**34
-
-# Values echoed in error messages are cut short: a YAML alias bomb expands to billions of
-# elements, and a full repr() of it would take the memory and the screen.
-_SHORT = reprlib.Repr()
-_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 1, 6, 4, 60, 60
-
-
-def _shown(value: Any) -> str:
-    """A bounded repr of a user's value for an error message."""
-    return _SHORT.repr(value)
-
-
-def _names(keys: Any) -> str:
-    """At most five key names, each bounded, for an 'unknown key(s)' message."""
-    names = sorted(_SHORT.repr(k) if not isinstance(k, str) else _SHORT.repr(k)[1:-1] for k in keys)
-    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
-    return ", ".join(names[:5]) + more
-
-
 _TOP_KEYS = ("cache_dir", "backend", "workspace_mb", "verify", "compute_capabilities", "backbones", "remote")
 _BACKBONE_KEYS = (
     "model_name",
@@ -92,55 +96,6 @@ class InputShape:
     def as_dict(self) -> dict[str, list[int]]:
         """A JSON-friendly form, used in manifests and settings digests."""
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
-
-
-VALIDATION_METRICS = ("allclose", "cosine")
-_VALIDATE_KEYS = ("inputs", "rtol", "atol", "metric", "min_cosine", "runs", "max_latency_ms", "seed")
-DEFAULT_VALIDATION_RUNS = 10
-DEFAULT_MIN_COSINE = 0.999
-
-
-@dataclass(frozen=True)
-class ValidationCriteria:
-    """What ``validate:`` asks of an engine before it is published (or reused).
-
-    ``validate: true`` is the defaults: random inputs from seed 0, the precision's
-    tolerances, ``allclose``. ``fixed_inputs`` holds values given in the YAML as JSON text
-    (frozen and comparable); ``inputs_file`` an ``.npz`` of samples.
-    """
-
-    enabled: bool = False
-    fixed_inputs: tuple[tuple[str, str], ...] = ()
-    inputs_file: Path | None = None
-    rtol: float | None = None
-    atol: float | None = None
-    metric: str = "allclose"
-    min_cosine: float = DEFAULT_MIN_COSINE
-    runs: int = DEFAULT_VALIDATION_RUNS
-    max_latency_ms: float | None = None
-    seed: int = 0
-
-    def __bool__(self) -> bool:
-        return self.enabled
-
-    def as_dict(self) -> dict[str, Any]:
-        """The criteria as recorded in the manifest (the input file by name; its digest is added by the caller)."""
-        import json
-
-        return {
-            "inputs": {name: json.loads(value) for name, value in self.fixed_inputs},
-            "inputs_file": self.inputs_file.name if self.inputs_file else None,
-            "rtol": self.rtol, "atol": self.atol, "metric": self.metric,
-            "min_cosine": self.min_cosine if self.metric == "cosine" else None,
-            "runs": self.runs, "max_latency_ms": self.max_latency_ms, "seed": self.seed,
-        }
-
-
-def criteria_of(validate: "ValidationCriteria | bool") -> ValidationCriteria:
-    """``validate`` as criteria (a plain bool means the defaults, or nothing)."""
-    if isinstance(validate, ValidationCriteria):
-        return validate
-    return ValidationCriteria(enabled=bool(validate))
 
 
 @dataclass(frozen=True)
@@ -173,112 +128,26 @@ class ProvisioningConfig:
     compute_capabilities: tuple[str, ...] | None = None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses duplicate mapping keys instead of keeping the last."""
-
-
-# libyaml's parser (when PyYAML was built with it) reads a 1,000-backbone config ~8x faster
-# than the pure-Python one; the same constructors run on top, so the document is the same
-_HAVE_LIBYAML = hasattr(yaml, "CSafeLoader")
-
-
-class _FastUniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """:class:`_UniqueKeyLoader` over libyaml's parser (the pure one where PyYAML lacks it)."""
-
-
-def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
-    seen: dict[Any, Any] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            duplicate = key in seen
-        except TypeError:
-            duplicate = False
-        if duplicate:
-            line = key_node.start_mark.line + 1
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {_shown(key)} (line {line})", key_node.start_mark
-            )
-        seen[key] = True
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-for _loader in (_UniqueKeyLoader, _FastUniqueKeyLoader):
-    _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
-
-
-def _load_yaml(text: str) -> Any:
-    """The YAML document in ``text``: libyaml's parser, or on any error the pure-Python one.
-
-    A broken config is parsed again by the pure-Python loader, which raises the error the
-    user sees: its messages and positions are the ones this module always reported, and
-    libyaml's own limits (flow nesting beyond 1,000) never reject a config PyYAML accepts.
-    """
-    if _HAVE_LIBYAML:
-        try:
-            return yaml.load(text, Loader=_FastUniqueKeyLoader)  # noqa: S506 - a SafeLoader equivalent
-        except (yaml.YAMLError, RecursionError):
-            pass
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-
-
-class _Where:
-    """Builds the 'file: backbone: field' prefix of an error message."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def error(self, message: str, *, backbone: str | None = None, key: str | None = None) -> ConfigError:
-        parts = [str(self.path)]
-        if backbone is not None:
-            parts.append(f"backbone {backbone}")
-        if key is not None:
-            parts.append(f"field '{key}'")
-        return ConfigError(": ".join(parts) + ": " + " ".join(message.split()))
-
-
 def load_config(path: str | os.PathLike[str]) -> ProvisioningConfig:
     """Read and validate a corpus YAML file; raises :class:`ConfigError` with one line."""
     config_path = Path(os.path.abspath(os.fspath(path)))
-    where = _Where(config_path)
-    try:
-        text = config_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise where.error("config file not found; pass config=PATH or set PROVISIONING_CONFIG") from None
-    except IsADirectoryError:
-        raise where.error("is a folder, not a YAML file") from None
-    except UnicodeDecodeError:
-        raise where.error("is not UTF-8 text; save the config as UTF-8 YAML") from None
-    except OSError as exc:
-        raise where.error(f"cannot read the config ({exc.strerror}); check its permissions") from None
-    if "\x00" in text:
-        raise where.error("contains a NUL byte; the config must be plain YAML text")
-    try:
-        data = _load_yaml(text)
-    except RecursionError:  # PyYAML composes nested collections recursively
-        raise where.error("invalid YAML: collections are nested too deeply; flatten the document") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise where.error(f"invalid YAML{at}: {problem}") from None
-    return parse_config(data, config_path)
+    return parse_config(read_yaml_file(config_path), config_path)
 
 
 def parse_config(data: Any, config_path: Path) -> ProvisioningConfig:
     """Validate an already-parsed YAML document (``config_path`` anchors relative paths)."""
-    where = _Where(config_path)
+    where = Where(config_path)
     if not isinstance(data, dict):
         raise where.error("the top level must be a mapping with a 'backbones' list")
     unknown = [k for k in data if k not in _TOP_KEYS]
     if unknown:
-        raise where.error(f"unknown key(s) {_names(unknown)}; allowed keys are {', '.join(_TOP_KEYS)}")
+        raise where.error(f"unknown key(s) {names(unknown)}; allowed keys are {', '.join(_TOP_KEYS)}")
     base = config_path.parent
 
-    cache_dir = _path_field(data.get("cache_dir", "build/engines"), base, where, key="cache_dir")
-    backend = _choice(data.get("backend", "auto"), BACKENDS, where, key="backend")
-    workspace_mb = _int_field(data.get("workspace_mb", DEFAULT_WORKSPACE_MB), where, key="workspace_mb")
-    verify = _choice(data.get("verify", "full"), VERIFY_MODES, where, key="verify")
+    cache_dir = path_field(data.get("cache_dir", "build/engines"), base, where, key="cache_dir")
+    backend = choice(data.get("backend", "auto"), BACKENDS, where, key="backend")
+    workspace_mb = int_field(data.get("workspace_mb", DEFAULT_WORKSPACE_MB), where, key="workspace_mb")
+    verify = choice(data.get("verify", "full"), VERIFY_MODES, where, key="verify")
     targets = _targets(data.get("compute_capabilities"), backend, where)
     remote = data.get("remote")
     if remote is not None:
@@ -319,7 +188,7 @@ def parse_config(data: Any, config_path: Path) -> ProvisioningConfig:
     )
 
 
-def _targets(raw: Any, backend: str, where: _Where, backbone: str | None = None) -> tuple[str, ...] | None:
+def _targets(raw: Any, backend: str, where: Where, backbone: str | None = None) -> tuple[str, ...] | None:
     """A ``compute_capabilities`` list, checked for form (membership is checked in compose)."""
     if raw is None:
         return None
@@ -334,7 +203,7 @@ def _targets(raw: Any, backend: str, where: _Where, backbone: str | None = None)
     seen: list[str] = []
     for item in raw:
         if not isinstance(item, str) or not TARGET_RE.fullmatch(item):
-            raise where.error(f"{_shown(item)} is not a compute capability; write it like sm86 or sm120, "
+            raise where.error(f"{shown(item)} is not a compute capability; write it like sm86 or sm120, "
                               "or current for the visible GPU", backbone=backbone, key=key)
         if item.lower() in seen:
             raise where.error(f"{item} is listed twice", backbone=backbone, key=key)
@@ -342,7 +211,7 @@ def _targets(raw: Any, backend: str, where: _Where, backbone: str | None = None)
     return tuple(seen)
 
 
-def _parse_backbone(raw: Any, index: int, base: Path, where: _Where, backend: str) -> BackboneConfig:
+def _parse_backbone(raw: Any, index: int, base: Path, where: Where, backend: str) -> BackboneConfig:
     label = f"backbones[{index}]"
     if not isinstance(raw, dict):
         raise where.error("must be a mapping with model_name and onnx", backbone=label)
@@ -351,7 +220,7 @@ def _parse_backbone(raw: Any, index: int, base: Path, where: _Where, backend: st
         raise where.error("missing", backbone=label, key="model_name")
     if not isinstance(name, str) or not MODEL_NAME_RE.fullmatch(name):
         raise where.error(
-            f"invalid name {_shown(name)}: use 1-64 letters, digits, '_' or '-', starting with a "
+            f"invalid name {shown(name)}: use 1-64 letters, digits, '_' or '-', starting with a "
             "letter or digit (it becomes part of a file name in the cache)",
             backbone=label,
             key="model_name",
@@ -359,27 +228,27 @@ def _parse_backbone(raw: Any, index: int, base: Path, where: _Where, backend: st
     unknown = [k for k in raw if k not in _BACKBONE_KEYS]
     if unknown:
         raise where.error(
-            f"unknown key(s) {_names(unknown)}; allowed keys are {', '.join(_BACKBONE_KEYS)}",
+            f"unknown key(s) {names(unknown)}; allowed keys are {', '.join(_BACKBONE_KEYS)}",
             backbone=name,
         )
     if "onnx" not in raw:
         raise where.error("missing; give the path of the ONNX file", backbone=name, key="onnx")
-    onnx = _path_field(raw["onnx"], base, where, backbone=name, key="onnx")
-    precision = _choice(raw.get("precision", "fp32"), PRECISIONS, where, backbone=name, key="precision")
+    onnx = path_field(raw["onnx"], base, where, backbone=name, key="onnx")
+    precision = choice(raw.get("precision", "fp32"), PRECISIONS, where, backbone=name, key="precision")
     if backend in SUPPORTED_PRECISIONS and precision not in SUPPORTED_PRECISIONS[backend]:
         raise unsupported_precision(where.path, name, precision, backend)
     inputs = _parse_inputs(raw.get("inputs", {}), where, name)
-    validate = _validate_field(raw.get("validate", False), base, where, name)
-    hwc = _choice(
+    validate = parse_validate(raw.get("validate", False), base, where, name)
+    hwc = choice(
         raw.get("hardware_compatibility", "none"), HARDWARE_COMPATIBILITY, where, backbone=name,
         key="hardware_compatibility",
     )
-    version_compatible = _bool_field(raw.get("version_compatible", False), where, name, "version_compatible")
+    version_compatible = bool_field(raw.get("version_compatible", False), where, name, "version_compatible")
     if backend == "tensorrt-rtx":
         for key, value, default in (("hardware_compatibility", hwc, "none"),
                                     ("version_compatible", version_compatible, False)):
             if value != default:
-                raise where.error(f"{_shown(value)}: {RTX_UNSUPPORTED[key]}", backbone=name, key=key)
+                raise where.error(f"{shown(value)}: {RTX_UNSUPPORTED[key]}", backbone=name, key=key)
     targets = _targets(raw.get("compute_capabilities"), backend, where, backbone=name)
     return BackboneConfig(
         model_name=name,
@@ -396,7 +265,7 @@ def _parse_backbone(raw: Any, index: int, base: Path, where: _Where, backend: st
 def unsupported_precision(config_path: Path, name: str, precision: str, backend: str) -> ConfigError:
     """The error for a precision the chosen backend cannot build."""
     allowed = ", ".join(SUPPORTED_PRECISIONS[backend])
-    return _Where(config_path).error(
+    return Where(config_path).error(
         f"{precision} is not supported by the {backend} backend (it builds {allowed}); "
         "choose one of those or another backend",
         backbone=name,
@@ -404,7 +273,7 @@ def unsupported_precision(config_path: Path, name: str, precision: str, backend:
     )
 
 
-def _parse_inputs(raw: Any, where: _Where, name: str) -> dict[str, InputShape]:
+def _parse_inputs(raw: Any, where: Where, name: str) -> dict[str, InputShape]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -415,7 +284,7 @@ def _parse_inputs(raw: Any, where: _Where, name: str) -> dict[str, InputShape]:
         if not isinstance(input_name, str) or not input_name or "\x00" in input_name:
             raise where.error("input names must be non-empty strings", backbone=name, key="inputs")
         if isinstance(spec, list):
-            dims = _dims(spec, where, name, key)
+            dims = dims_field(spec, where, name, key)
             shapes[input_name] = InputShape(dims, dims, dims)
             continue
         if not isinstance(spec, dict):
@@ -429,10 +298,10 @@ def _parse_inputs(raw: Any, where: _Where, name: str) -> dict[str, InputShape]:
             raise where.error(
                 "a profile needs exactly min, opt and max"
                 + (f" (missing {', '.join(missing)})" if missing else "")
-                + (f" (unknown {_names(extra)})" if extra else ""),
+                + (f" (unknown {names(extra)})" if extra else ""),
                 backbone=name, key=key,
             )
-        lo, opt, hi = (_dims(spec[k], where, name, f"{key}.{k}") for k in ("min", "opt", "max"))
+        lo, opt, hi = (dims_field(spec[k], where, name, f"{key}.{k}") for k in ("min", "opt", "max"))
         if not len(lo) == len(opt) == len(hi):
             raise where.error(
                 f"min, opt and max have different ranks ({len(lo)}, {len(opt)}, {len(hi)})",
@@ -446,138 +315,3 @@ def _parse_inputs(raw: Any, where: _Where, name: str) -> dict[str, InputShape]:
                 )
         shapes[input_name] = InputShape(lo, opt, hi)
     return shapes
-
-
-def _dims(raw: Any, where: _Where, name: str, key: str) -> tuple[int, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise where.error("must be a non-empty list of positive integers", backbone=name, key=key)
-    for dim in raw:
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise where.error(f"dimension {_shown(dim)} is not an integer", backbone=name, key=key)
-        if dim <= 0:
-            raise where.error(f"dimension {dim} must be positive", backbone=name, key=key)
-        if dim > MAX_DIM:
-            raise where.error(f"dimension {dim} is larger than {MAX_DIM}", backbone=name, key=key)
-    if math.prod(raw) > MAX_ELEMENTS:
-        raise where.error(
-            f"shape {_shown(raw)} has {math.prod(raw)} elements, more than any engine can take ({MAX_ELEMENTS})",
-            backbone=name, key=key,
-        )
-    return tuple(raw)
-
-
-def _choice(raw: Any, allowed: tuple[str, ...], where: _Where, *, backbone: str | None = None, key: str) -> str:
-    if not isinstance(raw, str) or raw not in allowed:
-        raise where.error(f"unknown value {_shown(raw)}; use one of {', '.join(allowed)}", backbone=backbone, key=key)
-    return raw
-
-
-def _int_field(raw: Any, where: _Where, *, key: str) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int):
-        raise where.error(f"must be a whole number of MiB, got {_shown(raw)}", key=key)
-    if raw <= 0:
-        raise where.error(f"must be positive, got {raw}", key=key)
-    if raw > 2**30:
-        raise where.error(f"{raw} MiB is larger than any GPU memory", key=key)
-    return raw
-
-
-def _validate_field(raw: Any, base: Path, where: _Where, name: str) -> ValidationCriteria:
-    """``validate: true | false`` or a mapping of criteria; each bad field is one line."""
-    import json
-
-    if isinstance(raw, bool):
-        return ValidationCriteria(enabled=raw)
-    if not isinstance(raw, dict):
-        raise where.error(f"must be true, false or a mapping (inputs, rtol, atol, metric, runs, ...), got {_shown(raw)}",
-                          backbone=name, key="validate")
-    unknown = [k for k in raw if k not in _VALIDATE_KEYS]
-    if unknown:
-        raise where.error(f"unknown key(s) {_names(unknown)}; allowed keys are {', '.join(_VALIDATE_KEYS)}",
-                          backbone=name, key="validate")
-
-    def number(key: str, *, low: float, high: float | None = None, strict: bool = False) -> float | None:
-        value = raw.get(key)
-        if value is None:
-            return None
-        if isinstance(value, str):
-            try:
-                value = float(value)  # YAML 1.1 reads 1e-3 as a string
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise where.error(f"must be a number, got {_shown(raw.get(key))}", backbone=name, key=f"validate.{key}")
-        if value < low or (strict and value == low) or (high is not None and value > high):
-            bound = f"greater than {low:g}" if strict else f"at least {low:g}"
-            bound += f" and at most {high:g}" if high is not None else ""
-            raise where.error(f"{value:g} must be {bound}", backbone=name, key=f"validate.{key}")
-        return float(value)
-
-    metric = _choice(raw.get("metric", "allclose"), VALIDATION_METRICS, where, backbone=name, key="validate.metric")
-    min_cosine = number("min_cosine", low=-1.0, high=1.0)
-    if min_cosine is not None and metric != "cosine":
-        raise where.error("applies only to metric: cosine", backbone=name, key="validate.min_cosine")
-    runs = raw.get("runs", DEFAULT_VALIDATION_RUNS)
-    if isinstance(runs, bool) or not isinstance(runs, int) or not 1 <= runs <= 10000:
-        raise where.error(f"must be a whole number of runs from 1 to 10000, got {_shown(runs)}",
-                          backbone=name, key="validate.runs")
-    seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise where.error(f"must be a whole number from 0 to 2**32-1, got {_shown(seed)}",
-                          backbone=name, key="validate.seed")
-    fixed: list[tuple[str, str]] = []
-    inputs_file = None
-    values = raw.get("inputs")
-    if isinstance(values, str):
-        inputs_file = _path_field(values, base, where, backbone=name, key="validate.inputs")
-        if inputs_file.suffix != ".npz":
-            raise where.error(f"{values} is not an .npz file (one array per input name, numpy.savez)",
-                              backbone=name, key="validate.inputs")
-        if not inputs_file.is_file():
-            raise where.error(f"file {inputs_file} not found; fix the path or write it with numpy.savez",
-                              backbone=name, key="validate.inputs")
-    elif isinstance(values, dict):
-        for input_name, value in values.items():
-            key = f"validate.inputs.{input_name}"
-            if not isinstance(input_name, str) or not input_name:
-                raise where.error("input names must be non-empty strings", backbone=name, key="validate.inputs")
-            if _nested_shape(value) is None:
-                raise where.error(f"{_shown(value)} is not a number or a rectangular nested list of numbers",
-                                  backbone=name, key=key)
-            fixed.append((input_name, json.dumps(value)))
-    elif values is not None:
-        raise where.error("must map input names to values (sr: 16000) or name an .npz file",
-                          backbone=name, key="validate.inputs")
-    return ValidationCriteria(
-        enabled=True, fixed_inputs=tuple(sorted(fixed)), inputs_file=inputs_file,
-        rtol=number("rtol", low=0.0), atol=number("atol", low=0.0), metric=metric,
-        min_cosine=DEFAULT_MIN_COSINE if min_cosine is None else min_cosine, runs=runs,
-        max_latency_ms=number("max_latency_ms", low=0.0, strict=True), seed=seed,
-    )
-
-
-def _nested_shape(value: Any) -> tuple[int, ...] | None:
-    """The shape of a scalar or a rectangular nested list of numbers (None when it is neither)."""
-    if isinstance(value, (bool, int, float)):
-        return ()
-    if not isinstance(value, list) or not value:
-        return None
-    shapes = {_nested_shape(item) for item in value}
-    if len(shapes) != 1 or None in shapes:
-        return None
-    return (len(value), *shapes.pop())
-
-
-def _bool_field(raw: Any, where: _Where, name: str, key: str) -> bool:
-    if not isinstance(raw, bool):
-        raise where.error(f"must be true or false, got {_shown(raw)}", backbone=name, key=key)
-    return raw
-
-
-def _path_field(raw: Any, base: Path, where: _Where, *, backbone: str | None = None, key: str) -> Path:
-    if not isinstance(raw, str) or not raw.strip():
-        raise where.error(f"must be a non-empty path string, got {_shown(raw)}", backbone=backbone, key=key)
-    if "\x00" in raw:
-        raise where.error("contains a NUL byte", backbone=backbone, key=key)
-    expanded = os.path.expanduser(raw)
-    return Path(os.path.normpath(os.path.join(base, expanded)))
