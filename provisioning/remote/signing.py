@@ -193,12 +193,20 @@ class EntrySigner:
         """True when this key may vouch for entries of ``host_key`` (its prefixes, if any)."""
         return not self.host_key_prefixes or any(host_key.startswith(p) for p in self.host_key_prefixes)
 
+    @property
+    def public_key(self):
+        """The Ed25519 public key (a cryptography object; None for HMAC): what releases verify with."""
+        return self._public
+
+    def raw_signature(self, body: bytes) -> bytes:
+        """This key's signature bytes over ``body`` (HMAC-SHA256 digest, or Ed25519 signature)."""
+        if self._hmac_key is not None:
+            return hmac.new(self._hmac_key, body, hashlib.sha256).digest()
+        return self._private.sign(body)
+
     def signature_line(self, body: bytes) -> bytes:
         """The record's last line for ``body``."""
-        if self._hmac_key is not None:
-            raw = hmac.new(self._hmac_key, body, hashlib.sha256).digest()
-        else:
-            raw = self._private.sign(body)
+        raw = self.raw_signature(body)
         return f"signature {self.algorithm} {self.key_id} {base64.b64encode(raw).decode()}\n".encode()
 
     def sign(self, body: bytes) -> bytes:
