@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from filelock import FileLock
 
+from .backends.open import open_engine
 from .errors import CacheError, UnsafePathError
 from .manifest import (
     MANIFEST_SUFFIX,
@@ -34,7 +35,7 @@ from .manifest import (
     manifest_path_for,
     read_manifest,
 )
-from .schema import EngineFilenameSchema
+from .schema import BUILD_LOG_SUFFIX, COMMIT_SUFFIX, EVENTS_FILE, LOCK_DIR, EngineFilenameSchema
 from .sidecar import SIDECAR_SUFFIX, Sha256Sidecar, Verification
 from .verify import record_path
 
@@ -42,10 +43,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .host import HostCapabilities
     from .specs import BackboneSpec
 
-LOCK_DIR = ".locks"
-EVENTS_FILE = "events.jsonl"
-BUILD_LOG_SUFFIX = ".build.log"  # a backend's log of the build, kept beside the engine
-COMMIT_SUFFIX = ".commit"  # the remote commit record (signature) beside a fetched engine
 COMPANION_SUFFIXES = (SIDECAR_SUFFIX, MANIFEST_SUFFIX, BUILD_LOG_SUFFIX, COMMIT_SUFFIX)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 log = logging.getLogger("provisioning.cache")
@@ -74,8 +71,6 @@ class EngineCacheEntry:
 
     def open(self) -> Any:
         """The engine ready to run (see :func:`provisioning.serving.open_engine`)."""
-        from .serving.resolve import open_engine
-
         return open_engine(self)
 
 

@@ -36,7 +36,8 @@ from .manifest import BuildInputs, make_manifest, manifest_bytes, manifest_path_
 from .miss import NO_ENGINE, explain_absent
 from .onnxinfo import onnx_digest, write_pending_inspections
 from .qualification import record_validation, validation_matches, validation_of, why_not_validated
-from .specs import BackboneSpec, CompileOutcome, EngineCompileRequest, EngineCompileResult, EngineCompileSummary
+from .results import EngineCompileResult, EngineCompileSummary
+from .specs import BackboneSpec, CompileOutcome, EngineCompileRequest
 from .sidecar import TEMP_SUFFIX, Payload, Sha256Sidecar, Verification
 
 log = logging.getLogger("provisioning.compiler")

@@ -15,7 +15,8 @@ from .compiler import BackboneSpec, EngineCompiler, EngineCompileRequest
 from .config import (SUPPORTED_PRECISIONS, TENSORRT_BACKENDS, BackboneConfig, ProvisioningConfig, load_config,
                      unsupported_precision)
 from .errors import BackendUnavailableError, ConfigError
-from .host import HostCapabilities, probe_host, sort_targets
+from .host import HostCapabilities, sort_targets
+from .probe import probe_host
 from .onnxinfo import cached_inspection, inspect_onnx, remember_inspection
 
 __all__ = [
@@ -195,7 +196,7 @@ def _check_validation_inputs(info, backbone: BackboneConfig, where: str) -> None
     """Fixed validation values name real inputs, have their kind of number and fit their shapes."""
     import json
 
-    from .config import _nested_shape
+    from .config_fields import nested_shape as _nested_shape
 
     for name, text in backbone.validate.fixed_inputs:
         key = f"{where}: field 'validate.inputs.{name}'"

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from importlib import metadata
 
 from .errors import HostProbeError, NoGpuError
+from .versions import release_tuple
 from .host import GpuInfo
 
 NO_GPU_HINT = (
@@ -172,31 +173,6 @@ def gpu_visible() -> bool:
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-# --- versions ---------------------------------------------------------------------------
-
-_LEADING_RELEASE = re.compile(r"\s*v?(\d+(?:\.\d+)*)")
-
-
-def release_tuple(version: str) -> tuple[int, ...]:
-    """The numeric release of ``version``: ``"10.16.1.11.post1"`` -> ``(10, 16, 1, 11)``.
-
-    PEP 440 through ``packaging`` when it is installed and the text is valid, else the
-    leading dotted numbers (a driver's ``"535.104.05"`` -> ``(535, 104, 5)``); the empty
-    tuple when ``version`` does not start with a number.
-    """
-    try:
-        from packaging.version import InvalidVersion, Version
-    except ImportError:
-        pass
-    else:
-        try:
-            return tuple(Version(version).release)
-        except InvalidVersion:
-            pass
-    match = _LEADING_RELEASE.match(version)
-    return tuple(int(part) for part in match.group(1).split(".")) if match else ()
 
 
 # --- driver vs the wheel's CUDA ---------------------------------------------------------

@@ -12,16 +12,20 @@ Probed once by the composition root, in milliseconds, from package metadata,
 from __future__ import annotations
 
 import hashlib
-import platform
 import re
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from .errors import BackendUnavailableError, HostProbeError
+from .errors import HostProbeError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .specs import BackboneSpec
+
+class CompatibilitySettings(Protocol):
+    """What of a backbone changes where its engine can run (a BackboneSpec has these)."""
+
+    hardware_compatibility: str
+    version_compatible: bool
+    compute_capabilities: tuple[str, ...]
 
 ORT_DISTRIBUTIONS = (
     "onnxruntime",
@@ -114,7 +118,7 @@ class HostCapabilities:
     # TensorRT-RTX: the config's default targets (sorted ``sm86`` tags), for identity() without a spec
     compute_capabilities: tuple[str, ...] = ()
 
-    def identity_for(self, spec: "BackboneSpec") -> HostIdentity:
+    def identity_for(self, spec: CompatibilitySettings) -> HostIdentity:
         """The identity ``spec``'s engine carries here (its compatibility settings applied)."""
         return self.identity(
             hardware_compatibility=spec.hardware_compatibility, version_compatible=spec.version_compatible,
@@ -209,21 +213,6 @@ def installed_version(distributions: tuple[str, ...]) -> str | None:
     return None
 
 
-def tensorrt_library_version(module: str = "tensorrt") -> str:
-    """TensorRT's (``tensorrt``) or TensorRT-RTX's (``tensorrt_rtx``) full version, from package metadata.
-
-    Only a tarball or distribution-package install without metadata makes this import the
-    module (through the backend, the one place that imports TensorRT). At build and load
-    time the module's own ``__version__`` is the authority (the backend compares them).
-    """
-    version = installed_version(RTX_DISTRIBUTIONS if module == "tensorrt_rtx" else TRT_DISTRIBUTIONS)
-    if version is not None:
-        return version
-    from .backends.tensorrt import import_tensorrt
-
-    return str(import_tensorrt(module).__version__)
-
-
 def read_cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> tuple[str, ...]:
     """The kernel-relevant ISA flags of this CPU, sorted (empty where cpuinfo is absent)."""
     try:
@@ -236,38 +225,3 @@ def read_cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> tuple[str, ...]:
     except OSError:
         pass
     return ()
-
-
-def probe_host(backend: str) -> HostCapabilities:
-    """Probe this host for ``backend`` ('onnxruntime', 'tensorrt', 'tensorrt-rtx'); milliseconds, no heavy imports."""
-    machine = platform.machine() or "unknown"
-    if backend == "onnxruntime":
-        version = installed_version(ORT_DISTRIBUTIONS)
-        if version is None:
-            raise BackendUnavailableError(
-                "ONNX Runtime is not installed; install it with: pip install onnxruntime"
-            )
-        return HostCapabilities("onnxruntime", version, machine, read_cpu_flags())
-    if backend == "tensorrt":
-        from .gpu import probe_visible_gpu
-
-        gpu = probe_visible_gpu()  # first: without a GPU, "install TensorRT" would be the wrong advice
-        version = tensorrt_library_version("tensorrt")
-        return HostCapabilities("tensorrt", version, machine, read_cpu_flags(), gpu)
-    if backend == "tensorrt-rtx":
-        import logging
-
-        from .errors import NoGpuError
-        from .gpu import probe_visible_gpu
-
-        version = tensorrt_library_version("tensorrt_rtx")  # RTX builds without a GPU: the version comes first
-        try:
-            gpu: GpuInfo | None = probe_visible_gpu()
-        except NoGpuError:
-            gpu = None  # ahead-of-time build for the listed targets
-        except HostProbeError as exc:  # e.g. a MIG GPU without an instance selected: build ahead of time
-            logging.getLogger("provisioning.host").warning(
-                "the GPU is not used for TensorRT-RTX (%s); building for the listed targets only", exc)
-            gpu = None
-        return HostCapabilities("tensorrt-rtx", version, machine, read_cpu_flags(), gpu)
-    raise HostProbeError(f"unknown backend {backend!r}; use onnxruntime, tensorrt or tensorrt-rtx")

@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from .tempnames import is_temp_name, temp_owner_pid
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _WAKE = signal.SIGURG  # ignored by default: a stray one does nothing anywhere
 
@@ -234,8 +236,6 @@ def remove_own_temporaries(cache_dir: Path, engine_name: str) -> list[Path]:
     Only names carrying this process's pid are touched: another process's build of the same
     engine (waiting on the lock, or on another host sharing the folder) keeps its files.
     """
-    from .sidecar import is_temp_name, temp_owner_pid  # sidecar imports this module
-
     removed: list[Path] = []
     prefix, pid = f".{engine_name}.", os.getpid()
     try:

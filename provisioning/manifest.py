@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .gpu import release_tuple
+from .versions import release_tuple
 from .sidecar import open_nofollow
 
 MANIFEST_SCHEMA_VERSION = 1

@@ -30,6 +30,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .host import HostCapabilities
 
 ENGINE_SUFFIX = ".engine"
+# Names beside the engines in a cache folder (the backends write some of them, the cache owns them all)
+LOCK_DIR = ".locks"
+EVENTS_FILE = "events.jsonl"
+BUILD_LOG_SUFFIX = ".build.log"  # a backend's log of the build, kept beside the engine
+COMMIT_SUFFIX = ".commit"  # the remote commit record (signature) beside a fetched engine
 MAX_NAME_BYTES = 200  # leaves room for temporary, sidecar and manifest suffixes under 255
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_]{0,39}(-vc)?")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")

@@ -15,7 +15,6 @@ import errno
 import hashlib
 import os
 import re
-import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +22,9 @@ from typing import Callable, ContextManager, Mapping, Union
 
 from .errors import UnsafePathError
 from .interrupt import deferred as deferred_interrupts
+from .tempnames import TEMP_SUFFIX, is_temp_name, temp_owner_pid, temp_path_for  # noqa: F401 (re-exported)
 
 CHUNK_BYTES = 4 * 1024 * 1024  # large reads: hashing runs at the CPU's SHA speed
-TEMP_SUFFIX = ".incomplete"
 SIDECAR_SUFFIX = ".sha256"
 _SIDECAR_RE = re.compile(r"([0-9a-f]{64}) [ *](.+)\n?")
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -84,25 +83,6 @@ def stat_signature(st: os.stat_result) -> list[int]:
     A list, so that it compares equal to its own JSON round trip.
     """
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
-
-
-def temp_path_for(dest: Path) -> Path:
-    """A process-unique temporary name beside ``dest``; recognisable by its suffix."""
-    return dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
-
-
-def is_temp_name(name: str) -> bool:
-    """True for names made by :func:`temp_path_for` (leftovers of an interrupted write)."""
-    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
-
-
-def temp_owner_pid(name: str) -> int | None:
-    """The pid recorded in a temporary file's name, or None."""
-    parts = name[: -len(TEMP_SUFFIX)].rsplit(".", 2)
-    try:
-        return int(parts[-2])
-    except (IndexError, ValueError):
-        return None
 
 
 def fsync_dir(folder: Path) -> None:

@@ -1,4 +1,4 @@
-"""The domain records everything else passes around: a resolved backbone, a request, results.
+"""The domain records everything else passes around: a resolved backbone, a request, an outcome.
 
 They sit below the compiler (which decides compile-or-reuse), so backends, the file name
 schema and the host probe import them without importing the compiler: dependencies point
@@ -8,15 +8,14 @@ one way. :mod:`provisioning.compiler` re-exports them under their old names.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from .cache import EngineCacheEntry
 from .config import InputShape, ValidationCriteria, criteria_of
 from .host import HostCapabilities
 
-__all__ = ["BackboneSpec", "CompileOutcome", "EngineCompileRequest", "EngineCompileResult", "EngineCompileSummary"]
+__all__ = ["BackboneSpec", "CompileOutcome", "EngineCompileRequest"]
 
 
 class CompileOutcome(enum.Enum):
@@ -91,46 +90,3 @@ class EngineCompileRequest:
         if self.workspace_mb is None:
             return tuple(self.backbones)
         return tuple(replace(spec, workspace_mb=self.workspace_mb) for spec in self.backbones)
-
-
-@dataclass(frozen=True)
-class EngineCompileResult:
-    """The outcome for one backbone, with the engine it ended with."""
-
-    entry: EngineCacheEntry
-    outcome: CompileOutcome
-    compile_duration_s: float | None
-    miss_reasons: tuple[str, ...] = ()
-    source: str = "local"
-
-    @property
-    def model_name(self) -> str:
-        """The backbone's name."""
-        return self.entry.model_name
-
-
-@dataclass(frozen=True)
-class EngineCompileSummary:
-    """All results in corpus order, with counts."""
-
-    results: tuple[EngineCompileResult, ...] = field(default_factory=tuple)
-
-    def __iter__(self) -> Iterator[EngineCompileResult]:
-        return iter(self.results)
-
-    def __len__(self) -> int:
-        return len(self.results)
-
-    @property
-    def built(self) -> int:
-        """How many backbones were compiled."""
-        return sum(r.outcome is CompileOutcome.BUILT for r in self.results)
-
-    @property
-    def reused(self) -> int:
-        """How many backbones reused a cached engine."""
-        return sum(r.outcome is CompileOutcome.REUSED for r in self.results)
-
-    def by_name(self) -> dict[str, EngineCompileResult]:
-        """Results keyed by model name."""
-        return {r.model_name: r for r in self.results}

@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cache import BUILD_LOG_SUFFIX
+from ..schema import BUILD_LOG_SUFFIX
 from ..errors import BackendError, BackendUnavailableError, HostProbeError, NoGpuError
 from ..gpu import NO_GPU_HINT
-from ..gpu import release_tuple
+from ..versions import release_tuple
 from ..host import sort_targets
 from ..sidecar import atomic_write_bytes
 from .base import EngineOutput

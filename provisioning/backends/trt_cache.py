@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from ..cache import LOCK_DIR
+from ..schema import LOCK_DIR
 from ..sidecar import atomic_write_bytes, open_nofollow
 
 if TYPE_CHECKING:  # pragma: no cover

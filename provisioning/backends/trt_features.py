@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..errors import BackendUnavailableError
-from ..gpu import release_tuple
+from ..versions import release_tuple
 
 # hardware_compatibility setting -> HardwareCompatibilityLevel member (same on 10 and 11)
 HARDWARE_COMPATIBILITY_LEVELS: Mapping[str, str] = {

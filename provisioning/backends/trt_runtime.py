@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from ..errors import BackendError, BackendUnavailableError, NoGpuError
 from ..manifest import read_manifest
 from ..sidecar import Sha256Sidecar, open_nofollow
-from ..gpu import release_tuple
+from ..versions import release_tuple
 from .trt_logging import capture
 
 _NUMPY_BY_TRT = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32",

@@ -10,7 +10,6 @@ a server start. The warm path imports no onnx, onnxruntime, numpy or TensorRT.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -20,16 +19,13 @@ from ..cache import EngineCacheEntry, check_entry, engine_path_for
 from ..compiler import EngineCompileRequest, expected_build_inputs
 from ..compose import build_backbone_specs, build_engine_compiler, probe_host_for, resolve_backend
 from ..config import ProvisioningConfig, load_config
-from ..errors import BackendError, ConfigError, EngineNotReadyError
+from ..backends.open import open_engine
+from ..errors import ConfigError, EngineNotReadyError
 from ..manifest import explain_mismatch, read_manifest
 from ..onnxinfo import write_pending_inspections
-from ..sidecar import open_nofollow
 from ..verify import verify_engine
 
 __all__ = ["open_engine", "resolve_engine"]
-
-_PROTOBUF_LIMIT = 1_800_000_000  # ONNX Runtime parses bytes through protobuf (2 GiB at most)
-
 
 def resolve_engine(config: str | os.PathLike[str] | ProvisioningConfig, model_name: str, *,
                    build: bool = False) -> EngineCacheEntry:
@@ -75,36 +71,3 @@ def _state(engine_path: Path, expected: Any) -> str:
     if manifest is not None and explain_mismatch(manifest, expected):
         return "stale"
     return "corrupt"
-
-
-def open_engine(entry: EngineCacheEntry) -> Any:
-    """A ready engine: an ONNX Runtime ``InferenceSession``, or a deserialized TensorRT engine.
-
-    ONNX Runtime engines are already optimized, so they are opened with
-    ``ORT_DISABLE_ALL`` (no second optimization pass at every start), from the very bytes
-    that were checked against the entry's SHA-256. TensorRT and TensorRT-RTX plans go
-    through ``load_verified_engine``, which verifies the sidecar before TensorRT sees a byte.
-    """
-    backend = entry.inputs.get("backend") if isinstance(entry.inputs, dict) else None
-    if backend in ("tensorrt", "tensorrt-rtx"):
-        from ..backends.tensorrt import load_verified_engine
-
-        return load_verified_engine(entry.path)
-    if backend != "onnxruntime":
-        raise BackendError(f"engine {entry.path}: built by {backend or 'an unknown backend'}, which "
-                           "open_engine cannot load; rebuild it with doit engines")
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    where = f"engine {entry.path}"
-    if entry.size > _PROTOBUF_LIMIT:  # too large to parse from memory: verified, then opened by path
-        if verify_engine(entry.path).sha256 != entry.sha256:
-            raise BackendError(f"{where}: bytes changed since it was resolved; resolve it again")
-        return ort.InferenceSession(str(entry.path), options, providers=["CPUExecutionProvider"])
-    with os.fdopen(open_nofollow(entry.path), "rb") as handle:
-        blob = handle.read()
-    if hashlib.sha256(blob).hexdigest() != entry.sha256:
-        raise BackendError(f"{where}: bytes do not match the resolved SHA-256 (changed or corrupt); "
-                           "resolve it again or rebuild it with doit engines")
-    return ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])

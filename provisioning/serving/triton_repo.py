@@ -17,8 +17,9 @@ from pathlib import Path
 from filelock import FileLock
 
 from ..sidecar import atomic_write_bytes, fsync_dir, hash_fd, open_nofollow, write_temp
-from .triton import (LOCK_NAME, PROVENANCE, RETIRED_SUFFIX, SUMS, TEMP_SUFFIX, ExportError, ExportPlan, ExportResult,
-                     ModelExport, TritonEngine, _version_holds, provenance, published_versions, temp_name)
+from .triton_model import (LOCK_NAME, PROVENANCE, RETIRED_SUFFIX, SUMS, TEMP_SUFFIX, ExportError, ExportPlan,
+                           ExportResult, ModelExport, TritonEngine, provenance, published_versions, temp_name,
+                           version_holds)
 
 __all__ = ["execute_export"]
 
@@ -60,7 +61,7 @@ def _export_model(model: ModelExport, keep: int | None, link: bool, result: Expo
             result.lines.append(f"{name}: removed {removed} hidden leftover(s) of an interrupted export")
         versions = published_versions(folder)
         newest = versions[-1] if versions else None
-        if newest is not None and _version_holds(folder / str(newest), model.engines):
+        if newest is not None and version_holds(folder / str(newest), model.engines):
             result.lines.append(f"{name}: unchanged: version {newest} already holds these engines (sha256); "
                                 "no version written")
         else:

@@ -26,7 +26,7 @@ CORPUS = Path(__file__).resolve().parents[2] / "corpus" / "models"
 def _gpu_host():
     try:
         from provisioning.backends.tensorrt import import_tensorrt
-        from provisioning.host import probe_host
+        from provisioning.probe import probe_host
 
         import_tensorrt()
         return probe_host("tensorrt"), None

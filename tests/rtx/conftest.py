@@ -62,7 +62,7 @@ def rtx() -> Any:
 @pytest.fixture(scope="session")
 def gpu_less(rtx: Any) -> None:
     """These tests assert what a machine without a GPU sees; skipped where one is visible."""
-    from provisioning.host import probe_host
+    from provisioning.probe import probe_host
 
     if probe_host("tensorrt-rtx").gpu is not None:
         pytest.skip("a GPU is visible here; this test asserts the behaviour of a GPU-less build machine")
@@ -110,7 +110,7 @@ def build_with_library(config_path: Path, heartbeat_s: float = 0) -> Built:
 
 def rtx_host(targets: tuple[str, ...] = ("sm86",)) -> HostCapabilities:
     """This machine probed for tensorrt-rtx, carrying ``targets`` (as probe_host_for would)."""
-    from provisioning.host import probe_host
+    from provisioning.probe import probe_host
 
     return replace(probe_host("tensorrt-rtx"), compute_capabilities=tuple(targets))
 

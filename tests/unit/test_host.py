@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from provisioning.host import HostCapabilities, probe_host, read_cpu_flags
+from provisioning.host import HostCapabilities, read_cpu_flags
+from provisioning.probe import probe_host
 
 X86 = """processor\t: 0
 model name\t: Some CPU @ 3.0GHz
@@ -44,7 +45,7 @@ def test_missing_cpuinfo_gives_no_flags(tmp_path):
 
 PROBE_CHILD = """
 import sys, time
-from provisioning.host import probe_host
+from provisioning.probe import probe_host
 started = time.perf_counter()
 probe_host("onnxruntime")
 probe_s = time.perf_counter() - started

@@ -9,7 +9,7 @@ import pytest
 
 from provisioning.errors import HostProbeError, NoGpuError
 from provisioning.gpu import gpu_visible, probe_visible_gpu
-from provisioning.host import probe_host
+from provisioning.probe import probe_host
 
 H200 = ("NVIDIA H200", "GPU-aaaa1111-0000-0000-0000-000000000000", (9, 0))
 L4 = ("NVIDIA L4", "GPU-bbbb2222-0000-0000-0000-000000000000", (8, 9))
