@@ -153,7 +153,7 @@ def parse_config(data: Any, config_path: Path) -> ProvisioningConfig:
     if remote is not None:
         if not isinstance(remote, dict):
             raise where.error("must be a mapping (url, mode, ...)", key="remote")
-        from .remote.config import parse_remote_config  # only configs with a remote pay for it
+        from .config_remote import parse_remote_config
 
         parse_remote_config(remote, config_path)  # a bad block fails here, before any task runs
 
