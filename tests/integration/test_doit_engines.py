@@ -178,10 +178,10 @@ def test_a_checker_that_fails_inside_runs_the_task_instead_of_calling_it_up_to_d
     """EngineUpToDate catches its own surprises; the answer must then be "run the task", never "--"."""
     (built.root / "dodo.py").write_text(
         "from provisioning.doit import DOIT_CONFIG, task_engines  # noqa: F401\n"
-        "import provisioning.doit.tasks as _tasks\n\n\n"
+        "import provisioning.doit.uptodate as _uptodate\n\n\n"
         "def _broken_check_entry(*args, **kwargs):\n"
         "    raise RuntimeError('surprise inside the checker')\n\n\n"
-        "_tasks.check_entry = _broken_check_entry  # the checker's entry check only; the action has its own\n"
+        "_uptodate.check_entry = _broken_check_entry  # the checker's entry check only; the action has its own\n"
     )
     result = built.doit("engines")
     assert result.returncode == 0, result.stdout + result.stderr

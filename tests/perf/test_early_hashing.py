@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from provisioning.doit import tasks
+from provisioning.doit import verifier as shared_verifier
 
 from tests.conftest import DoitProject
 
@@ -21,11 +22,11 @@ from tests.conftest import DoitProject
 # whether this run's engines are already being hashed.
 DODO = '''
 from provisioning.doit import DOIT_CONFIG, engine_tasks
-from provisioning.doit.tasks import _RUN_VERIFIER
+from provisioning.doit import verifier as shared_verifier
 
 def task_engines():
     yield from engine_tasks()
-    started = any(v.hashing for v in _RUN_VERIFIER.values())
+    started = any(v.hashing for v in shared_verifier._RUN_VERIFIER.values())
     print("GENERATED hashing=" + ("yes" if started else "no"), flush=True)
 '''
 
@@ -96,9 +97,9 @@ def test_engine_tasks_starts_hashing_only_for_a_full_verify_run(corpus_dir: Path
     config.write_text(config.read_text() + f"verify: {verify}\n")
     monkeypatch.setattr(tasks, "_command_runs_tasks", lambda: runs)
     monkeypatch.setattr(tasks.interrupt, "install", lambda: None)  # leave this test process's signals alone
-    monkeypatch.setattr(tasks, "_RUN_VERIFIER", {})
+    monkeypatch.setattr(shared_verifier, "_RUN_VERIFIER", {})
     generated = list(tasks.engine_tasks(config))
     assert [t["name"] for t in generated][1:] == ["det", "cls", "emb"]
-    (verifier,) = tasks._RUN_VERIFIER.values()
+    (verifier,) = shared_verifier._RUN_VERIFIER.values()
     assert verifier.hashing is hashing
     assert verifier.mode == verify

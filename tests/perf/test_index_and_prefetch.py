@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from provisioning import onnxinfo, verify
-from provisioning.doit import tasks
+from provisioning import onnxinfo, verify, verify_stat
+from provisioning.doit import tasks, uptodate
+from provisioning.doit import verifier as shared_verifier
 from provisioning.doit.corpus import load_corpus
 from provisioning.manifest import manifest_path_for
 from provisioning.onnxinfo import known_sha256, onnx_digest
@@ -28,7 +30,7 @@ from tests.conftest import DEFAULT_BACKBONES, write_corpus_yaml
 @pytest.fixture
 def settled(monkeypatch):
     """Files written by the test count as settled (the racy-clean window is 2 s)."""
-    monkeypatch.setattr(verify, "_RACY_NS", 0)
+    monkeypatch.setattr(verify_stat, "_RACY_NS", 0)
 
 
 def _entry(cache: Path, name: str = "m.fp32.x.engine", blob: bytes = b"engine" * 1000) -> Path:
@@ -70,12 +72,12 @@ def test_files_changed_in_the_last_two_seconds_or_while_checked_are_not_indexed(
     assert not index.dirty
     before = entry_signatures(engine)
     os.utime(engine, ns=(0, 0))
-    verify._RACY_NS = 0
+    verify_stat._RACY_NS = 0
     try:
         index.remember_engine(engine, "k", hash_file(engine), before)  # changed since `before`
         assert not index.dirty
     finally:
-        verify._RACY_NS = 2_000_000_000
+        verify_stat._RACY_NS = 2_000_000_000
 
 
 def test_a_malformed_or_planted_index_is_no_index(tmp_path, settled):
@@ -155,7 +157,7 @@ def test_the_checker_answers_from_the_index_without_reading_the_manifest_but_sti
     def no_manifest(*args, **kwargs):
         raise AssertionError("check_entry (manifest read) called for an indexed entry")
 
-    monkeypatch.setattr(tasks, "check_entry", no_manifest)
+    monkeypatch.setattr(uptodate, "check_entry", no_manifest)
     assert _checker(corpus, spec)(None, values) is True
     engine = corpus.engine_path(spec)
     st = os.stat(engine)
@@ -185,7 +187,7 @@ def test_with_doits_database_lost_the_action_reuses_the_checkers_hashes(corpus_d
     corpus, spec = _corpus(corpus_dir)
     _build(corpus, spec)
     checker = _checker(corpus, spec)
-    tasks._RUN_VERIFIER[str(corpus.cache_dir)] = checker.verifier
+    shared_verifier._RUN_VERIFIER[str(corpus.cache_dir)] = checker.verifier
     calls = []
     real = verify._hash_files
     monkeypatch.setattr(verify, "_hash_files", lambda files, guard=None: calls.append(threading.current_thread().name)
@@ -195,7 +197,7 @@ def test_with_doits_database_lost_the_action_reuses_the_checkers_hashes(corpus_d
         assert checker(None, {}) is False  # no saved values: the action will run, hashing starts now
         result = tasks._compile_backbone(spec, corpus.host, corpus.config, None)
     finally:
-        tasks._RUN_VERIFIER.clear()
+        shared_verifier._RUN_VERIFIER.clear()
     assert result["outcome"] == "REUSED"
     assert len(calls) == 1  # hashed once: ahead on a verifier thread (or by the action, had it not started)
     checker.verifier.index.save()
@@ -208,9 +210,9 @@ def test_with_doits_database_lost_the_action_reuses_the_checkers_hashes(corpus_d
 def test_under_n_the_main_process_does_not_hash_onnx_files_for_the_workers(monkeypatch):
     for argv, parallel in ((["doit", "-n", "2"], True), (["doit", "-n2", "engines"], True),
                            (["doit", "--process=4"], True), (["doit", "-n", "1"], False), (["doit"], False)):
-        monkeypatch.setattr(tasks.sys, "argv", argv)
+        monkeypatch.setattr(sys, "argv", argv)
         assert tasks._parallel_run() is parallel, argv
-    monkeypatch.setattr(tasks.sys, "argv", ["doit", "-n", "2"])
+    monkeypatch.setattr(sys, "argv", ["doit", "-n", "2"])
     shared = tasks.SharedVerifier([], "full", (), None)
     shared.prefetch_sources()
     assert shared._verifier is None

@@ -22,7 +22,7 @@ import pytest
 from provisioning import BackboneSpec, EngineFilenameSchema, GpuInfo, HostCapabilities, Sha256Sidecar
 from provisioning.cache import check_entry, ensure_cache_dir, entry_files
 from provisioning.compiler import expected_build_inputs
-from provisioning.doit import tasks
+from provisioning.doit import uptodate
 from provisioning.doit.tasks import CHECKER_VALUE, ONNX_DIGEST_VALUE, EngineUpToDate
 from provisioning.gc import plan_gc, scan_cache
 from provisioning.manifest import (
@@ -256,7 +256,7 @@ def test_a_checker_whose_entry_check_raises_says_run_the_task(tmp_path: Path, mo
     def boom(*args, **kwargs):
         raise RuntimeError("surprise inside check_entry")
 
-    monkeypatch.setattr(tasks, "check_entry", boom)
+    monkeypatch.setattr(uptodate, "check_entry", boom)
     assert checker(None, values) is False
 
 

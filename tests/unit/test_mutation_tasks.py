@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,9 @@ from doit.exceptions import TaskFailed
 
 from provisioning import interrupt
 from provisioning.cache import entry_files, read_events
+from provisioning.doit import action as doit_action
 from provisioning.doit import tasks
+from provisioning.doit import verifier as shared_verifier
 from provisioning.doit.corpus import load_corpus
 from provisioning.doit.filedep import Sha256FileChecker
 from provisioning.errors import ConfigError, NoGpuError
@@ -33,7 +36,7 @@ def _clean_state(monkeypatch):
     for name in ("PROVISIONING_CONFIG", tasks.DB_ENV):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(tasks, "_DEFAULT_TASKS", [])
-    monkeypatch.setattr(tasks, "_RUN_VERIFIER", {})
+    monkeypatch.setattr(shared_verifier, "_RUN_VERIFIER", {})
     monkeypatch.setattr(interrupt, "install", lambda: None)
 
 
@@ -108,7 +111,7 @@ def test_engine_tasks_hand_doit_the_right_targets_file_deps_checker_and_action(c
                             "another config: doit engines config=PATH"}
     assert tasks._DEFAULT_TASKS == ["engines"]
     assert [t["name"] for t in subtasks] == ["det", "cls", "emb"]
-    verifier = tasks._RUN_VERIFIER[str(corpus.cache_dir)]
+    verifier = shared_verifier._RUN_VERIFIER[str(corpus.cache_dir)]
     for task, spec in zip(subtasks, corpus.specs):
         engine = corpus.engine_path(spec)
         (checker,) = task.pop("uptodate")
@@ -377,9 +380,9 @@ def _checker_and_values(path: Path):
 
 @pytest.fixture
 def settled(monkeypatch):
-    from provisioning import verify
+    from provisioning import verify_stat
 
-    monkeypatch.setattr(verify, "_RACY_NS", 0)  # files the test just wrote count as settled
+    monkeypatch.setattr(verify_stat, "_RACY_NS", 0)  # files the test just wrote count as settled
 
 
 def test_an_indexed_engine_is_not_up_to_date_for_another_onnx(corpus_dir, settled):
@@ -501,7 +504,7 @@ def test_a_remote_cache_in_the_config_is_used_by_the_action(tmp_path, corpus_dir
     other = tmp_path / "other"
     shutil.copytree(corpus_dir / "models", other / "models")
     second = _one(other, remote=remote)
-    tasks._RUN_VERIFIER.clear()
+    shared_verifier._RUN_VERIFIER.clear()
     _, det2 = _tasks(second)
     result = tasks.compile_backbone(*det2["actions"][0][1])
     assert result["outcome"] == "REUSED" and result["sha256"] == tasks.compile_backbone(*det["actions"][0][1])["sha256"]
@@ -514,7 +517,7 @@ def test_a_worker_saves_the_index_after_its_action(corpus_dir, settled, monkeypa
     path = _one(corpus_dir)
     _, det = _tasks(path)
     spec, host, config = det["actions"][0][1]
-    monkeypatch.setattr(tasks, "_in_worker", lambda: True)
+    monkeypatch.setattr(doit_action, "_in_worker", lambda: True)
     tasks._compile_backbone(spec, host, config, None)
     assert CacheIndex(Path(config.cache_dir)).onnx_sha256(spec.onnx_path, spec.source_files) is not None
 
@@ -539,7 +542,7 @@ def test_the_shared_verifier_digest_is_the_onnx_digest_with_external_data(corpus
 def test_parallel_runs_are_told_from_task_names_and_spelled_options(monkeypatch):
     for argv, parallel in ((["doit", "--process", "3"], True), (["doit", "engines", "-n", "4"], True),
                            (["doit", "db22"], False), (["doit", "-n"], False), (["doit", "--process=2"], True)):
-        monkeypatch.setattr(tasks.sys, "argv", argv)
+        monkeypatch.setattr(sys, "argv", argv)
         assert tasks._parallel_run() is parallel, argv
 
 
