@@ -55,6 +55,11 @@ MODULES: dict[str, tuple[str, ...]] = {
     "cache.py": ("tests/unit/test_compiler.py", "tests/unit/test_gc.py", _SURVIVORS,
                  "tests/unit/tensorrt/test_vc_reuse.py", "tests/reliability/test_publish_order.py"),
     "gc.py": ("tests/unit/test_gc.py", _SURVIVORS, "tests/unit/tensorrt/test_vc_reuse.py"),
+    # verify.py was split (issue 23): the engine verifier, trusted-stat records, the cache index, ONNX digests
+    "verify.py": ("tests/unit/test_verify.py", "tests/perf/test_index_and_prefetch.py"),
+    "verify_stat.py": ("tests/unit/test_verify.py", _SURVIVORS),
+    "verify_index.py": ("tests/perf/test_index_and_prefetch.py", _SURVIVORS),
+    "verify_sources.py": ("tests/perf/test_index_and_prefetch.py", "tests/perf/test_digest_reuse.py"),
     "doit/filedep.py": (_SURVIVORS,),
     # doit/tasks.py was split (issue 23) into the generator and its parts: the same tests for each
     **{f"doit/{name}.py": (_SURVIVORS, "tests/unit/tensorrt/test_vc_reuse.py", "tests/perf/test_index_and_prefetch.py",

@@ -414,6 +414,11 @@ def _hash_and_remember(path: Path) -> str:
     return digest
 
 
+def remember_known_digest(path: str | os.PathLike[str], signature: list[int], digest: str) -> None:
+    """Enter a digest this process computed of a settled file (see :func:`known_sha256`)."""
+    _KNOWN_DIGESTS[os.path.abspath(path)] = (signature, digest)
+
+
 def known_sha256(path: str | os.PathLike[str]) -> str | None:
     """The SHA-256 this process computed for ``path`` when its stat signature is unchanged, else None."""
     known = _KNOWN_DIGESTS.get(os.path.abspath(path))
