@@ -1,0 +1,106 @@
+"""``doit engines-pull RELEASE``: pull the engines a signed release pins for this serving host.
+
+Runs without a dodo.py, an ONNX file or a corpus: it reads ``serving.yaml`` (``--serving-config
+FILE`` or $PROVISIONING_SERVING_CONFIG; see :mod:`provisioning.release.serving_config`).
+Never compiles. Exit codes: 0 every backbone ready (PULLED / PRESENT, or planned with
+``--dry-run``); 1 a backbone has no usable variant, its bytes do not match the release, its
+entry is gone or the bucket is unreachable (the other backbones are still pulled); 2 bad
+input (a release that is unsigned, forged, edited, of another namespace, malformed or too
+large; an unknown ``--models`` name; a bad serving config). Always one line per problem.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..errors import ProvisioningError
+from .commands import USAGE_ERROR, _EnginesCommand, _error, opt_json
+
+opt_serving = {
+    "name": "serving_config", "long": "serving-config", "type": str, "default": "",
+    "help": "the serving config (cache_dir, remote:, optional runtime) [default: $PROVISIONING_SERVING_CONFIG]",
+}
+opt_models = {"name": "models", "long": "models", "type": str, "default": "",
+              "help": "comma-separated backbones to pull [default: every backbone of the release]"}
+opt_dry_run = {"name": "dry_run", "long": "dry-run", "type": bool, "default": False,
+               "help": "print the plan (the variant chosen per backbone, and why); download nothing"}
+
+
+class EnginesPull(_EnginesCommand):
+    """``doit engines-pull RELEASE [--serving-config FILE] [--cache-dir DIR] [--runtime NAME==VERSION] ...``."""
+
+    name = "engines-pull"
+    doc_purpose = "pull this host's verified engines from a signed release (no ONNX, no builder, no compile)"
+    doc_usage = ("RELEASE [--serving-config FILE] [--cache-dir DIR] [--runtime NAME==VERSION] [--allow-cpu-fallback] "
+                 "[--models a,b] [--dry-run] [--json]")
+    doc_description = ("Verifies the release's signature with the serving config's keys, picks per backbone the "
+                       "best variant for this host (exact, version-compatible, hardware-compatible, TensorRT-RTX "
+                       "targets, then ONNX Runtime with --allow-cpu-fallback), downloads it and publishes it in the "
+                       "cache. Exit 0 every backbone ready, 1 a backbone could not be pulled, 2 bad input.")
+    cmd_options = (
+        opt_serving,
+        {"name": "cache_dir", "long": "cache-dir", "type": str, "default": "",
+         "help": "the cache folder to pull into [default: the serving config's cache_dir]"},
+        {"name": "runtime", "long": "runtime", "type": str, "default": "",
+         "help": "the serving runtime when it is not installed here, e.g. tensorrt==10.8.0.43 (a Triton container)"},
+        {"name": "allow_cpu_fallback", "long": "allow-cpu-fallback", "type": bool, "default": False,
+         "help": "accept an ONNX Runtime engine for this CPU when no GPU variant runs here"},
+        opt_models, opt_dry_run, opt_json,
+    )
+
+    def execute(self, params: Any, args: list[str]) -> int:
+        params, args = _options_after_positional(self, params, args)
+        if len(args) != 1:
+            return _error(f"{self.name}: give exactly one release file (doit engines-pull RELEASE); got {len(args)}",
+                          USAGE_ERROR)
+        self._release = args[0]
+        return super().execute(params, [])
+
+    def run(self, params: dict[str, Any]) -> int:
+        from ..release.pull import pull_release
+        from ..release.serving_config import load_serving_config, serving_config_path
+
+        as_json = params["json"]
+        try:
+            config = load_serving_config(serving_config_path(params["serving_config"] or None),
+                                         cache_dir=params["cache_dir"] or None, runtime=params["runtime"] or None,
+                                         allow_cpu_fallback=params["allow_cpu_fallback"])
+            models = [m.strip() for m in params["models"].split(",") if m.strip()] or None
+            report = pull_release(self._release, config, models=models, dry_run=params["dry_run"])
+        except ProvisioningError as exc:
+            if as_json:  # a script reads stdout: the error goes there too
+                print(json.dumps({"error": str(exc).splitlines()[0], "exit_code": exc.exit_code}, indent=2))
+            raise
+        if as_json:
+            print(json.dumps({"release": self._release, "dry_run": params["dry_run"], **report.as_dict()}, indent=2))
+        else:
+            print(report.header())
+            for line in report.lines:
+                print(line.text(), flush=True)
+        return report.exit_code
+
+
+def _options_after_positional(command: Any, params: Any, args: list[str]) -> tuple[Any, list[str]]:
+    """doit stops parsing options at the first positional: parse ``RELEASE --json ...`` too."""
+    if not any(a.startswith("-") for a in args):
+        return params, args
+    # a value given as a separate word after an option that takes one (--runtime X) stays with it
+    words, i = list(args), 0
+    positional, rest = [], []
+    takes_value = {f"--{o['long']}" for o in command.cmd_options if o["type"] is not bool}
+    while i < len(words):
+        word = words[i]
+        if word in takes_value and i + 1 < len(words):
+            rest += [word, words[i + 1]]
+            i += 2
+            continue
+        (rest if word.startswith("-") else positional).append(word)
+        i += 1
+    extra, leftover = command.cmdparser.parse(rest)
+    defaults = {o["name"]: o["default"] for o in command.cmd_options}
+    merged = dict(params)
+    for name, value in extra.items():
+        if name in defaults and value != defaults[name]:
+            merged[name] = value
+    return merged, positional + list(leftover)
