@@ -1,9 +1,12 @@
 """The TensorRT backend: one build path for TensorRT 10.x, 11.x and TensorRT for RTX 1.x.
 
-This is the only module that imports ``tensorrt`` or ``tensorrt_rtx``, and only inside
+Only :mod:`.trt_import` imports ``tensorrt`` or ``tensorrt_rtx``, and only inside
 functions, so ``import provisioning`` and ``doit list`` work where neither is installed.
 Differences between the builders are rows of :mod:`.trt_features`; the helpers
-(``trt_*`` modules) get the ``trt`` module handed in.
+(``trt_*`` modules) get the ``trt`` module handed in. This module is the build path and
+the backend's entry points; each setting of the build (targets, compatibility level,
+optimization profile) is set and read back in :mod:`.trt_network`; loading and running a
+plan is :mod:`.trt_runtime`.
 
 One build: plugins registered, the ONNX parsed (precision prepared by
 :mod:`.trt_precision`), one optimization profile from the backbone's min/opt/max, the
@@ -18,9 +21,7 @@ engine as ``<engine>.build.log``.
 
 from __future__ import annotations
 
-import importlib
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,13 +30,13 @@ from ..schema import BUILD_LOG_SUFFIX
 from ..errors import BackendError, BackendUnavailableError, HostProbeError, NoGpuError
 from ..gpu import NO_GPU_HINT
 from ..versions import release_tuple
-from ..host import sort_targets
 from ..sidecar import atomic_write_bytes
 from .base import EngineOutput
 from .trt_cache import device_lock, load_timing_cache, save_timing_cache, timing_cache_path
-from .trt_features import (HARDWARE_COMPATIBILITY_LEVELS, MIN_COMPUTE_CAPABILITY, MODULES, PRODUCT_NAMES,
-                           TF32_MIN_CC, TrtFeatures, features_for)
+from .trt_features import MIN_COMPUTE_CAPABILITY, MODULES, PRODUCT_NAMES, TrtFeatures, features_for
+from .trt_import import check_imported_version, compute_capability_targets, import_tensorrt, init_plugins
 from .trt_logging import BuildLog, capture, make_progress_monitor, process_logger
+from .trt_network import optimization_profile, parser_errors, set_hardware_compatibility, set_targets, tolerance_basis
 from .trt_precision import PreparedModel, prepare_precision
 from .trt_runtime import LoadedEngine, deserialize, load_verified, no_gpu_error, run_inference
 
@@ -48,51 +49,9 @@ __all__ = ["BUILD_LOG_SUFFIX", "LoadedEngine", "TensorRTBackend", "build_log_pat
 
 log = logging.getLogger("provisioning.tensorrt")
 _MIB = 1 << 20
-_PLUGINS_READY: dict[Any, bool] = {}  # trt module -> what init_libnvinfer_plugins returned
-_PLUGINS_LOCK = threading.Lock()
 # What TensorRT-RTX logs (and appends to parser errors) after every API error when there is
 # no GPU: "[checkMacros.cpp::catchCudaError::250] Error Code 1: Cuda Runtime (... cudaError 35 ...)".
 CUDA_ABSENT_NOISE = ("[checkMacros.cpp::catchCudaError", "Error Code 1: Cuda Runtime (In catchCudaError")
-_INSTALL_HINTS = {
-    "tensorrt": "install the tensorrt-cu12 or tensorrt-cu13 extra (matching the driver's CUDA major) "
-                "from NVIDIA's package index (README, TensorRT)",
-    "tensorrt_rtx": "install the tensorrt-rtx extra: pip install 'provisioning[tensorrt-rtx]'",
-}
-
-
-def import_tensorrt(module: str = "tensorrt") -> Any:
-    """``import tensorrt`` (or ``tensorrt_rtx``), or BackendUnavailableError saying how to install it."""
-    try:
-        return importlib.import_module(module)
-    except Exception as exc:  # ImportError, or OSError from a missing libnvinfer
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        product = "TensorRT-RTX" if module == "tensorrt_rtx" else "TensorRT"
-        raise BackendUnavailableError(
-            f"{product} cannot be imported ({type(exc).__name__}: {first}); {_INSTALL_HINTS.get(module, '')}"
-        ) from None
-
-
-def compute_capability_targets(module: str = "tensorrt_rtx") -> tuple[str, ...]:
-    """The compute capabilities the installed TensorRT-RTX can target, as sorted ``sm86`` tags."""
-    trt = import_tensorrt(module)
-    members = getattr(getattr(trt, "ComputeCapability", None), "__members__", {})
-    return sort_targets(name.lower() for name in members if name.upper().startswith("SM"))
-
-
-def init_plugins(trt: Any, logger: Any) -> bool:
-    """Register TensorRT's plugins once per process, before parsing or deserializing.
-
-    Plugin-backed ONNX ops (EfficientNMS, RoiAlign, ...) and plans with plugin layers
-    need the registry filled first, as Polygraphy does.
-    """
-    with _PLUGINS_LOCK:
-        if trt not in _PLUGINS_READY:
-            try:
-                _PLUGINS_READY[trt] = bool(trt.init_libnvinfer_plugins(logger, ""))
-            except Exception as exc:  # noqa: BLE001 - a missing plugin library must not stop plain models
-                log.warning("TensorRT plugins not registered (%s); models with plugin ops will not parse", exc)
-                _PLUGINS_READY[trt] = False
-        return _PLUGINS_READY[trt]
 
 
 def build_log_path(engine_path: Path) -> Path:
@@ -142,11 +101,7 @@ class TensorRTBackend:
             raise NoGpuError(f"{where}: no GPU was probed for this host; {NO_GPU_HINT}")
         self._precheck(spec, host, features, where)
         trt = import_tensorrt(self.module)
-        if release_tuple(str(trt.__version__)) != release_tuple(host.backend_version):
-            raise BackendError(
-                f"{where}: the imported {product} is {trt.__version__} but its package metadata says "
-                f"{host.backend_version}; reinstall the {self.name} extra so both agree"
-            )
+        check_imported_version(trt, host.backend_version, self.name, product, where)
         runs_here = self._runs_here(spec, host, features)
         if runs_here is True:
             self._check_gpu(host, where)
@@ -234,7 +189,7 @@ class TensorRTBackend:
         parser = trt.OnnxParser(network, logger)
         output.progress("parse", prepared.onnx_path.name)
         if not parser.parse_from_file(str(prepared.onnx_path)):
-            errors = _parser_errors(parser, build_log) or [build_log.reason("no error reported")]
+            errors = parser_errors(parser, build_log) or [build_log.reason("no error reported")]
             raise BackendError(f"{where}: {product} could not parse {spec.onnx_path.name}: {'; '.join(errors)}")
         if network.num_inputs == 0:
             raise BackendError(f"{where}: {product} parsed {spec.onnx_path.name} into a network without inputs "
@@ -251,12 +206,12 @@ class TensorRTBackend:
                                    f"({build_log.reason('no reason logged')})")
         notes: dict[str, Any] = {}
         if features.compute_capability_targets:
-            notes["compute_capabilities"] = _set_targets(trt, config, spec.compute_capabilities, build_log, where)
+            notes["compute_capabilities"] = set_targets(trt, config, spec.compute_capabilities, build_log, where)
         else:
-            notes["hardware_compatibility_level"] = _set_hardware_compatibility(
+            notes["hardware_compatibility_level"] = set_hardware_compatibility(
                 trt, config, spec.hardware_compatibility, build_log, where, product)
         tf32 = bool(config.get_flag(trt.BuilderFlag.TF32))
-        profile = _optimization_profile(builder, network, spec, where, build_log)
+        profile = optimization_profile(builder, network, spec, where, build_log)
         if config.add_optimization_profile(profile[0]) < 0:
             raise BackendError(f"{where}: {product} refused the optimization profile {profile[1]} "
                                f"({build_log.reason('no reason logged')}); fix 'inputs' in the config")
@@ -283,7 +238,7 @@ class TensorRTBackend:
                                      gpu=host.gpu)
                 if spec.validate:
                     output.progress("validate", "the engine next to ONNX Runtime on the CPU")
-                    tolerance = _tolerance(spec, host, tf32)
+                    tolerance = tolerance_basis(spec, host, tf32)
                     notes["validation"] = self._qualify(trt, loaded, spec, host, tolerance)
                     notes["validation_tolerance"] = tolerance
             elif spec.validate:  # compose refuses this; never publish "validated" without a run
@@ -335,7 +290,7 @@ class TensorRTBackend:
         notes = ((read_manifest(engine) or {}).get("build") or {}).get("notes") or {}
         tf32 = str(notes.get("tf32", "")).startswith("enabled")
         trt = import_tensorrt(self.module)
-        return self._qualify(trt, loaded, spec, host, _tolerance(spec, host, tf32))
+        return self._qualify(trt, loaded, spec, host, tolerance_basis(spec, host, tf32))
 
     @staticmethod
     def _qualify(trt: Any, loaded: LoadedEngine, spec: "BackboneSpec", host: "HostCapabilities",
@@ -358,99 +313,3 @@ class TensorRTBackend:
             atomic_write_bytes(build_log_path(engine_path), (header + build_log.text()).encode())
         except OSError as exc:  # the log helps; it must not turn a good build into a failure
             log.warning("cannot save the TensorRT build log beside %s (%s)", engine_path.name, exc.strerror or exc)
-
-
-def _tolerance(spec: "BackboneSpec", host: "HostCapabilities", tf32: bool) -> str:
-    """The tolerance basis: the precision's, or TF32's for fp32 where TF32 is on (compute capability 8.0+)."""
-    if spec.precision == "fp32" and tf32 and host.gpu is not None and host.gpu.compute_capability >= TF32_MIN_CC:
-        return "tf32"
-    return spec.precision
-
-
-def _set_targets(trt: Any, config: Any, targets: tuple[str, ...], build_log: BuildLog, where: str) -> list[str]:
-    """TensorRT-RTX: the compute capabilities the plan is built for, each read back."""
-    if not targets:
-        raise BackendError(f"{where}: no compute_capabilities to build for; list them in the config")
-    config.num_compute_capabilities = len(targets)
-    for index, target in enumerate(targets):
-        member = getattr(trt.ComputeCapability, target.upper(), None)
-        if member is None:
-            raise BackendError(f"{where}: TensorRT-RTX {trt.__version__} has no target {target}")
-        if not config.set_compute_capability(member, index) or config.get_compute_capability(index) != member:
-            raise BackendError(f"{where}: TensorRT-RTX did not take target {target} "
-                               f"({build_log.reason('no reason logged')})")
-    return list(targets)
-
-
-def _set_hardware_compatibility(trt: Any, config: Any, setting: str, build_log: BuildLog, where: str,
-                                product: str) -> str:
-    """Set the hardware compatibility level and read it back: never record what was not taken."""
-    level = HARDWARE_COMPATIBILITY_LEVELS[setting]
-    wanted = getattr(trt.HardwareCompatibilityLevel, level)
-    config.hardware_compatibility_level = wanted
-    taken = config.hardware_compatibility_level
-    if taken != wanted:
-        warnings = build_log.messages("WARNING", "ERROR")
-        reason = " ".join(warnings[-1].split()) if warnings else "no reason logged"
-        raise BackendError(f"{where}: {product} did not take hardware_compatibility {setting} (it reads back "
-                           f"{getattr(taken, 'name', taken)}: {reason}); set hardware_compatibility: none")
-    return level
-
-
-def _optimization_profile(builder: Any, network: Any, spec: "BackboneSpec", where: str,
-                          build_log: BuildLog) -> tuple[Any, dict[str, dict[str, list[int]]]]:
-    """One profile: the backbone's min/opt/max per input; static inputs min = opt = max."""
-    shapes = spec.input_shapes
-    profile = builder.create_optimization_profile()
-    recorded: dict[str, dict[str, list[int]]] = {}
-    for index in range(network.num_inputs):
-        tensor = network.get_input(index)
-        name, dims = tensor.name, tuple(int(d) for d in tensor.shape)
-        if tensor.is_shape_tensor:
-            raise BackendError(f"{where}: input {name!r} is a shape tensor, which this backend cannot profile; "
-                               "export the model with the shape as a constant")
-        if name in shapes:
-            shape = shapes[name]
-            if len(shape.opt) != len(dims):
-                raise BackendError(f"{where}: field 'inputs.{name}': rank {len(shape.opt)}, but TensorRT "
-                                   f"reads rank {len(dims)} {list(dims)}")
-            lo, opt, hi = shape.min, shape.opt, shape.max
-        elif all(d >= 0 for d in dims):
-            lo = opt = hi = dims
-        else:
-            raise BackendError(f"{where}: ONNX input {name!r} has dynamic dims {list(dims)}; give it a shape "
-                               "or a min/opt/max profile under 'inputs'")
-        try:
-            profile.set_shape(name, tuple(lo), tuple(opt), tuple(hi))
-        except (RuntimeError, TypeError, ValueError) as exc:
-            first = " ".join(str(exc).split()) or type(exc).__name__
-            raise BackendError(f"{where}: field 'inputs.{name}': TensorRT refused min {list(lo)} opt {list(opt)} "
-                               f"max {list(hi)} ({build_log.reason(first)})") from None
-        recorded[name] = {"min": list(lo), "opt": list(opt), "max": list(hi)}
-    unknown = sorted(set(shapes) - set(recorded))
-    if unknown:
-        raise BackendError(f"{where}: field 'inputs' names {', '.join(unknown)}, which TensorRT's network "
-                           f"does not have (its inputs: {', '.join(recorded) or 'none'})")
-    return profile, recorded
-
-
-def _value(attribute: Any) -> Any:
-    return attribute() if callable(attribute) else attribute
-
-
-def _parser_errors(parser: Any, build_log: BuildLog | None = None) -> list[str]:
-    """Every parser error as 'node NAME (OP): description [CODE]'."""
-    errors = []
-    for index in range(parser.num_errors):
-        error = parser.get_error(index)
-        desc = str(_value(error.desc))
-        desc = build_log.clean(desc) if build_log is not None else " ".join(desc.split())
-        code = _value(error.code)
-        code = getattr(code, "name", code)
-        node, name, op = _value(error.node), _value(error.node_name), _value(error.node_operator)
-        if name or (isinstance(node, int) and node >= 0):
-            label = name or f"#{node}"
-            errors.append(f"node {label}" + (f" ({op})" if op else "") + f": {desc} [{code}]")
-        else:
-            errors.append(f"{desc} [{code}]")
-    return errors

@@ -3,7 +3,7 @@
 TensorRT keeps the first logger a process hands it (later builders log to that one and
 warn that theirs differs), so there is one capturing logger per process and each build
 attaches a :class:`BuildLog` to it for its duration. The ``trt`` module is passed in:
-only :mod:`provisioning.backends.tensorrt` imports TensorRT.
+only :mod:`provisioning.backends.trt_import` imports TensorRT.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Used after a build (deserialize before publishing, optionally validate) and for engines
 taken from the cache, which are verified against their sidecar *before* TensorRT sees
-a byte. The ``trt`` module is passed in; only :mod:`provisioning.backends.tensorrt`
+a byte. The ``trt`` module is passed in; only :mod:`provisioning.backends.trt_import`
 imports TensorRT. ``cuda.bindings`` is imported only when an inference runs.
 """
 

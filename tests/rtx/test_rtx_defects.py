@@ -70,14 +70,14 @@ def test_corrupt_timing_cache_is_reported_ignored_on_a_real_builder_config(rtx, 
 
 def test_hardware_compatibility_is_read_back_and_refused(rtx) -> None:
     """RTX logs 'unsupported' and reads back NONE: the backend never records what was not taken."""
-    from provisioning.backends.tensorrt import _set_hardware_compatibility
+    from provisioning.backends.trt_network import set_hardware_compatibility
     from provisioning.backends.trt_logging import capture, process_logger
 
     logger = process_logger(rtx)
     with capture(logger) as build_log:
         config = rtx.Builder(logger).create_builder_config()
         with pytest.raises(BackendError) as caught:
-            _set_hardware_compatibility(rtx, config, "ampere_plus", build_log, "backbone x", "TensorRT-RTX")
+            set_hardware_compatibility(rtx, config, "ampere_plus", build_log, "backbone x", "TensorRT-RTX")
     message = one_line(caught.value)
     assert message.startswith("backbone x: TensorRT-RTX did not take hardware_compatibility ampere_plus")
     assert "reads back NONE" in message and "unsupported" in message
