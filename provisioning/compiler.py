@@ -170,14 +170,21 @@ class EngineCompiler:
         remote: RemoteEngineCache | None = None,
         verify: Callable[[Path], Verification] | None = None,
         onnx_sha256: Callable[[BackboneSpec], str] | None = None,
+        hashed_onnx_sha256: Callable[[BackboneSpec], str] | None = None,
     ) -> None:
         """``verify`` and ``onnx_sha256`` replace hashing the cached engine and the ONNX (a
-        caller that hashed them ahead, on other cores: doit's checkers, see provisioning.doit)."""
+        caller that hashed them ahead, on other cores: doit's checkers, see provisioning.doit).
+
+        ``onnx_sha256`` may answer from a record in the cache folder (local reuse only). Past a
+        local miss, the digest that goes into a fetch's key, a build's manifest and an upload's
+        signature comes from bytes this process hashed: ``hashed_onnx_sha256`` (a caller's
+        digest of bytes it hashed itself, never a record), else the ONNX is hashed here."""
         self._backend = backend
         self._heartbeat_s = heartbeat_s
         self._remote = remote
         self._verify = verify or Sha256Sidecar.check
         self._onnx_sha256 = onnx_sha256
+        self._hashed_onnx_sha256 = hashed_onnx_sha256
 
     @staticmethod
     def _hasher() -> ThreadPoolExecutor:
@@ -212,6 +219,7 @@ class EngineCompiler:
             return self._finish(request, host_key, EngineCompileResult(check.entry, CompileOutcome.REUSED, None))
         ensure_cache_dir(request.cache_dir)
         with engine_lock(engine_path):
+            expected = self._from_hashed_bytes(spec, expected)
             check = check_entry(engine_path, spec.model_name, expected)  # another process may have built it
             pinned = None if check.hit else version_pinned_path(engine_path, expected)
             if pinned is not None:  # a newer TensorRT's host built the shared -vc engine meanwhile: never replace it
@@ -242,6 +250,13 @@ class EngineCompiler:
             self._remote.publish(entry)
         result = EngineCompileResult(entry, CompileOutcome.BUILT, duration, check.reasons)
         return self._finish(request, host_key, result)
+
+    def _from_hashed_bytes(self, spec: BackboneSpec, expected: BuildInputs) -> BuildInputs:
+        """``expected`` with the ONNX digest of bytes this process hashed (what a fetch, a build and an upload use)."""
+        if self._onnx_sha256 is None:
+            return expected  # _onnx_digest hashed the files just now
+        digest = _onnx_digest(spec, self._hashed_onnx_sha256)
+        return expected if digest == expected.onnx_sha256 else replace(expected, onnx_sha256=digest)
 
     def _revalidate(self, spec: BackboneSpec, host: HostCapabilities, check: EntryCheck,
                     request: EngineCompileRequest, host_key: str,

@@ -89,7 +89,8 @@ def _compile_backbone(spec: BackboneSpec, host: HostCapabilities, config: Provis
             remote = make_remote_cache(config)
         request = EngineCompileRequest(backbones=(spec,), cache_dir=cache, host=host)
         shared = _shared._RUN_VERIFIER.get(str(cache))  # this process's checkers may have hashed ahead of us
-        hooks = {} if shared is None else {"verify": shared.check, "onnx_sha256": shared.onnx_sha256}
+        hooks = {} if shared is None else {"verify": shared.check, "onnx_sha256": shared.onnx_sha256,
+                                           "hashed_onnx_sha256": shared.hashed_onnx_sha256}
         try:
             result = EngineCompiler(backend, remote=remote, **hooks).compile_engines_for_corpus(request).results[0]
         finally:

@@ -44,6 +44,7 @@ class SharedVerifier:
         self._host_text: tuple[HostCapabilities, str] | None = None
         self._index: Any = None
         self._cache_dir = cache_dir
+        self._hashed: dict[tuple[str, tuple[Path, ...]], str] = {}  # digests of bytes this process hashed
 
     def _started(self) -> Any:
         if self._verifier is None:
@@ -96,20 +97,35 @@ class SharedVerifier:
         self._started().prefetch_sources(sources)
 
     def onnx_sha256(self, spec: BackboneSpec) -> str:
-        """The reuse key's ONNX digest: indexed (unchanged files), prefetched, or hashed now."""
-        from ..verify import combine_onnx_digest, note_known_digests
+        """The reuse key's ONNX digest: indexed (unchanged files), prefetched, or hashed now.
 
-        files = spec.source_files
+        An indexed digest is a record in the cache folder: good for local reuse only (see
+        :meth:`hashed_onnx_sha256` for what gets fetched, built, signed and published).
+        """
+        from ..verify import note_known_digests
+
         index = self.index
-        known = index.onnx_sha256(spec.onnx_path, files) if index is not None else None
+        known = index.onnx_sha256(spec.onnx_path, spec.source_files) if index is not None else None
         if known is not None:
             note_known_digests(index.onnx_hashes(spec.onnx_path))
             return known
+        return self.hashed_onnx_sha256(spec)
+
+    def hashed_onnx_sha256(self, spec: BackboneSpec) -> str:
+        """The ONNX digest of bytes this process hashed (prefetched or hashed now), never a record."""
+        from ..verify import combine_onnx_digest, note_known_digests
+
+        files = spec.source_files
+        done = self._hashed.get((str(spec.onnx_path), files))
+        if done is not None:
+            return done
+        index = self.index
         hashed = self._started().source_hashes(spec.onnx_path, files)
         digest = combine_onnx_digest(spec.onnx_path, hashed)
         if index is not None:
             index.remember_onnx(spec.onnx_path, hashed, digest)
         note_known_digests(hashed)
+        self._hashed[(str(spec.onnx_path), files)] = digest
         return digest
 
 

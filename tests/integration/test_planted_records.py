@@ -1,0 +1,91 @@
+"""Records planted in the cache folder by someone who can write it (not the config, not the ONNX).
+
+A record there (``.verified/index.json``, ``.verified/<engine>.json``, ``.inspect/*``) is a
+shortcut for this host's own reuse. It must never decide what this host signs, publishes
+or calls verified: each test plants one for real and runs the real ``doit`` in a child.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from provisioning.sidecar import hash_file, stat_signature
+from provisioning.verify import INDEX_NAME, VERIFIED_DIR
+
+from tests.conftest import write_corpus_yaml
+
+from tests.integration.conftest import edit_onnx
+
+
+def _ed25519_key(folder: Path) -> Path:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pem = folder / "builder.pem"
+    pem.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return pem
+
+
+def _plant_onnx_record(cache: Path, model: Path, digest: str) -> None:
+    """The index entry of ``model`` at its current stat signature, naming ``digest`` (another file's)."""
+    folder = cache / VERIFIED_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = os.path.abspath(model)
+    signature = stat_signature(os.lstat(model))
+    (folder / INDEX_NAME).write_text(json.dumps(
+        {"engines": {}, "onnx": {path: {"files": [[path, signature, digest]], "sha256": digest}}}))
+
+
+def _uploaded_manifests(remote: Path) -> list[dict]:
+    return [json.loads(p.read_bytes()) for p in sorted(remote.rglob("manifest/*")) if p.is_file()]
+
+
+def test_a_planted_index_digest_never_reaches_a_signed_upload(project, tmp_path):
+    """Issue 22 item 1: v1's digest planted at v2's stat signature; the builder signs v2's digest."""
+    remote = tmp_path / "remote"
+    key = _ed25519_key(tmp_path / "keys")
+    det = {"model_name": "det", "onnx": "models/det.onnx", "precision": "fp32"}
+    write_corpus_yaml(project.corpus, [det], remote={
+        "url": f"file://{remote}", "timeout_s": 3, "signing_key": {"algorithm": "ed25519", "private_key": {"file": str(key)}}})
+    model = project.corpus / "models" / "det.onnx"
+    v1 = hash_file(model)
+    edit_onnx(model, "v2")
+    v2 = hash_file(model)
+    assert v1 != v2
+    _plant_onnx_record(project.cache, model, v1)
+
+    result = project.doit("engines")
+    assert result.returncode == 0, result.stdout + result.stderr
+    manifests = _uploaded_manifests(remote)
+    assert manifests, "nothing was uploaded"
+    assert [m["inputs"]["onnx_sha256"] for m in manifests] == [v2]  # the bytes the builder hashed and built
+    local = json.loads(next(project.cache.glob("*.engine.manifest.json")).read_text())
+    assert local["inputs"]["onnx_sha256"] == v2
+    from provisioning.remote.layout import inputs_digest
+
+    digests = {p.parent.parent.name for p in remote.rglob("manifest/*")}
+    assert digests == {inputs_digest(local["inputs"])}  # the remote key derives from v2's digest too
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == v2
+
+
+def test_the_compiler_builds_and_records_the_digest_of_bytes_it_hashed(corpus_yaml):
+    """In-process: a caller's digest that no bytes back (a record's) is replaced past a local miss."""
+    from provisioning import EngineCompiler, EngineCompileRequest, HostCapabilities, build_backbone_specs, load_config
+    from provisioning.backends.onnxruntime import OnnxRuntimeBackend
+    from provisioning.onnxinfo import onnx_digest
+
+    config = load_config(corpus_yaml)
+    specs = build_backbone_specs(config, "onnxruntime")[:1]
+    host = HostCapabilities("onnxruntime", "1.32.0", "x86_64", ("avx2", "fma"))
+    planted = "1" * 64
+    compiler = EngineCompiler(OnnxRuntimeBackend(), onnx_sha256=lambda spec: planted)
+    result = compiler.compile_engines_for_corpus(
+        EngineCompileRequest(backbones=specs, cache_dir=config.cache_dir, host=host)).results[0]
+    real = onnx_digest(specs[0].onnx_path, specs[0].external_data)
+    assert result.entry.inputs["onnx_sha256"] == real != planted
+    assert json.loads(Path(str(result.entry.path) + ".manifest.json").read_text())["inputs"]["onnx_sha256"] == real
