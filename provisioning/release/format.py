@@ -137,12 +137,15 @@ class BackboneVariants:
     model_name: str
     onnx_sha256: str
     settings_sha256: str  # canonical SHA-256 of {backend: build settings} over every backend
-    variants: tuple[Variant, ...] = ()
+    variants: tuple[Variant, ...] = ()  # kept sorted by host key, engine name, SHA-256
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "variants", tuple(sorted(self.variants, key=lambda v: (v.host_key, v.engine,
+                                                                                           v.sha256))))
 
     def as_dict(self) -> dict[str, Any]:
-        ordered = sorted(self.variants, key=lambda v: (v.host_key, v.engine, v.sha256))
         return {"onnx_sha256": self.onnx_sha256, "settings_sha256": self.settings_sha256,
-                "variants": [v.as_dict() for v in ordered]}
+                "variants": [v.as_dict() for v in self.variants]}
 
 
 @dataclass(frozen=True)
@@ -153,9 +156,12 @@ class Release:
     namespace: str
     remote: str
     corpus: str | None
-    backbones: tuple[BackboneVariants, ...] = ()
+    backbones: tuple[BackboneVariants, ...] = ()  # kept sorted by model name
     signed_by: tuple[str, ...] = field(default=(), compare=False)
     untrusted: tuple[tuple[str, str, str], ...] = field(default=(), compare=False)  # (model, host key, why)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backbones", tuple(sorted(self.backbones, key=lambda b: b.model_name)))
 
     def backbone(self, model_name: str) -> BackboneVariants | None:
         """The backbone named ``model_name``, or None."""
@@ -167,8 +173,8 @@ class Release:
 
     def variants(self) -> Iterable[Variant]:
         """Every variant, backbone by backbone (sorted)."""
-        for backbone in sorted(self.backbones, key=lambda b: b.model_name):
-            yield from sorted(backbone.variants, key=lambda v: (v.host_key, v.engine, v.sha256))
+        for backbone in self.backbones:
+            yield from backbone.variants
 
 
 def canonical_json(value: Any) -> bytes:
@@ -186,7 +192,7 @@ def statement(release: Release) -> dict[str, Any]:
         "predicate": {
             "created": release.created, "namespace": release.namespace, "remote": release.remote,
             "corpus": release.corpus,
-            "backbones": {b.model_name: b.as_dict() for b in sorted(release.backbones, key=lambda b: b.model_name)},
+            "backbones": {b.model_name: b.as_dict() for b in release.backbones},
         },
     }
 
