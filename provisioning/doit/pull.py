@@ -82,25 +82,46 @@ class EnginesPull(_EnginesCommand):
 
 
 def _options_after_positional(command: Any, params: Any, args: list[str]) -> tuple[Any, list[str]]:
-    """doit stops parsing options at the first positional: parse ``RELEASE --json ...`` too."""
-    if not any(a.startswith("-") for a in args):
-        return params, args
-    # a value given as a separate word after an option that takes one (--runtime X) stays with it
-    words, i = list(args), 0
-    positional, rest = [], []
+    """Options after RELEASE too (doit stops at the first positional), and ``--runtime NAME==VERSION``.
+
+    doit takes any word holding ``=`` for one of its command-line variables (``name=value``),
+    so ``--runtime tensorrt==10.8.0.43`` reaches a command as ``--runtime`` alone, the value
+    kept as the variable ``tensorrt`` = ``=10.8.0.43``; it is put back here.
+    """
+    spec = _runtime_variable()
+    params, words = dict(params), list(args)
+    if spec is not None and params.get("runtime") and "==" not in params["runtime"]:
+        words.insert(0, params["runtime"])  # --runtime before RELEASE took RELEASE as its value
+        params["runtime"] = spec
     takes_value = {f"--{o['long']}" for o in command.cmd_options if o["type"] is not bool}
+    positional, rest, i = [], [], 0
     while i < len(words):
         word = words[i]
-        if word in takes_value and i + 1 < len(words):
+        if word == "--runtime" and spec is not None and (i + 1 == len(words) or words[i + 1].startswith("-")):
+            rest += [word, spec]
+            i += 1
+        elif word in takes_value and i + 1 < len(words):
             rest += [word, words[i + 1]]
             i += 2
-            continue
-        (rest if word.startswith("-") else positional).append(word)
-        i += 1
+        else:
+            (rest if word.startswith("-") else positional).append(word)
+            i += 1
+    if not rest:
+        return params, positional
     extra, leftover = command.cmdparser.parse(rest)
     defaults = {o["name"]: o["default"] for o in command.cmd_options}
-    merged = dict(params)
     for name, value in extra.items():
         if name in defaults and value != defaults[name]:
-            merged[name] = value
-    return merged, positional + list(leftover)
+            params[name] = value
+    return params, positional + list(leftover)
+
+
+def _runtime_variable() -> str | None:
+    """``NAME==VERSION`` when doit filed it as its variable NAME = ``=VERSION``; else None."""
+    from doit import doit_cmd
+
+    from ..release.serving_config import RUNTIME_NAMES
+
+    found = [f"{name}={value}" for name, value in (getattr(doit_cmd, "_CMDLINE_VARS", None) or {}).items()
+             if name.lower() in RUNTIME_NAMES and isinstance(value, str) and value.startswith("=")]
+    return found[0] if len(found) == 1 else None
