@@ -27,13 +27,23 @@ from ..verify import verify_engine
 
 __all__ = ["open_engine", "resolve_engine"]
 
-def resolve_engine(config: str | os.PathLike[str] | ProvisioningConfig, model_name: str, *,
-                   build: bool = False) -> EngineCacheEntry:
+def resolve_engine(config: str | os.PathLike[str] | ProvisioningConfig | None = None, model_name: str | None = None,
+                   *, build: bool = False, release: str | os.PathLike[str] | None = None, model: str | None = None,
+                   serving_config: Any = None) -> EngineCacheEntry:
     """This host's verified engine of ``model_name``; with ``build=True`` build or fetch it when needed.
 
     Without ``build`` a missing, stale or corrupt engine is :class:`EngineNotReadyError`
-    (one line: which state, why, and the command that fixes it).
+    (one line: which state, why, and the command that fixes it). With ``release=PATH``
+    (and ``model=``, ``serving_config=`` or $PROVISIONING_SERVING_CONFIG) it needs no corpus
+    and no ONNX: the engine that signed release pins for this host, as ``engines-pull``
+    put it in the cache (see :mod:`provisioning.release.resolve`).
     """
+    if release is not None:
+        from ..release.resolve import resolve_from_release  # serving and release are one layer
+
+        return resolve_from_release(release, model or model_name, serving_config)
+    if config is None or model_name is None:
+        raise ConfigError("resolve_engine: give a config and a backbone name, or release=PATH and model=NAME")
     loaded = config if isinstance(config, ProvisioningConfig) else load_config(config)
     backbone = next((b for b in loaded.backbones if b.model_name == model_name), None)
     if backbone is None:

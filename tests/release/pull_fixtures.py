@@ -90,9 +90,11 @@ class ReleaseKit:
     def __post_init__(self) -> None:
         self.keys = make_ed25519_keys(self.keys_dir, self.key_id, self.key_id)
 
-    def add(self, model: str, fields: dict, size: int = 4096, *, upload: bool = True) -> Variant:
+    def add(self, model: str, fields: dict, size: int = 4096, *, upload: bool = True,
+            data: bytes | None = None) -> Variant:
         """Commit one entry to the bucket (engine, manifest, commit record) and list it in the release."""
-        data = os.urandom(size)
+        data = os.urandom(size) if data is None else data
+        size = len(data)
         sha = hashlib.sha256(data).hexdigest()
         inputs = {"onnx_sha256": ONNX_SHA[model], "build_settings": {"precision": "fp16"}, "host": fields["host"],
                   "backend": fields["backend"], "backend_version": fields["backend_version"]}
