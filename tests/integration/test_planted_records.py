@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 from provisioning.sidecar import hash_file, stat_signature
@@ -89,3 +90,37 @@ def test_the_compiler_builds_and_records_the_digest_of_bytes_it_hashed(corpus_ya
     real = onnx_digest(specs[0].onnx_path, specs[0].external_data)
     assert result.entry.inputs["onnx_sha256"] == real != planted
     assert json.loads(Path(str(result.entry.path) + ".manifest.json").read_text())["inputs"]["onnx_sha256"] == real
+
+
+def test_full_verify_hashes_an_indexed_engine_even_when_its_stat_matches(project):
+    """Issue 22 item 18: same size, mtime, ctime and inode over corrupted bytes; ``verify: full`` still hashes."""
+    from provisioning.sidecar import Sha256Sidecar
+
+    from tests.integration.conftest import task_lines
+
+    write_corpus_yaml(project.corpus, [{"model_name": "det", "onnx": "models/det.onnx", "precision": "fp32"}])
+    assert project.doit("engines").returncode == 0
+    time.sleep(2.2)  # the index takes only files unchanged for 2 s (racy-clean)
+    second = project.doit("engines")
+    assert task_lines(second.stdout) == {"det": "--"}, second.stdout + second.stderr
+    engine = project.engine("det")
+    index_path = project.cache / VERIFIED_DIR / INDEX_NAME
+    index = json.loads(index_path.read_text())
+    assert engine.name in index["engines"]  # the entry is indexed: the checker's shortcut applies
+    st = os.stat(engine)
+    data = bytearray(engine.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    with open(engine, "r+b") as handle:  # same inode, same size
+        handle.write(data)
+    os.utime(engine, ns=(st.st_atime_ns, st.st_mtime_ns))
+    now = os.stat(engine)
+    assert (now.st_size, now.st_mtime_ns, now.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+    assert now.st_ctime_ns != st.st_ctime_ns  # ctime cannot be restored from user space: the record is
+    index["engines"][engine.name]["files"][0] = stat_signature(os.lstat(engine))  # re-planted over it instead
+    index_path.write_text(json.dumps(index))
+    assert not Sha256Sidecar.check(engine).ok
+
+    third = project.doit("engines")
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert task_lines(third.stdout) == {"det": "."}, third.stdout  # not up to date: the engine was hashed
+    assert Sha256Sidecar.check(engine).ok  # and rebuilt
