@@ -52,16 +52,6 @@ SURFACE_FILES = {"10": "tensorrt-10.16.1.11.json", "11": "tensorrt-11.4.0.106.js
 RTX_VERSION = "1.7.1.116"
 __all__ = ["CACHE_MAGIC", "CUDA35", "PLAN_MAGIC", "RTX_TIMING_DEPRECATED", "RTX_VERSION", "FakeCudaRuntime",
            "FakeWorld", "load_surface", "make_fake_tensorrt"]
-# Setter types of the properties the fake implements (the recordings hold no setter signature).
-PROPERTY_TYPES = {
-    "IBuilderConfig": {"hardware_compatibility_level": "HardwareCompatibilityLevel",
-                       "progress_monitor": "IProgressMonitor | None", "num_compute_capabilities": "int",
-                       "flags": "int"},
-    "Runtime": {"engine_host_code_allowed": "bool"},
-    "ITensor": {"name": "str"},
-}
-
-
 def is_rtx(version: str) -> bool:
     """TensorRT for RTX versions are 1.x; classic TensorRT is 8.x and later."""
     return str(version).split(".")[0] == "1"
@@ -180,7 +170,7 @@ def make_fake_tensorrt(world: FakeWorld) -> types.ModuleType:
         _prune(cls, recorded)
         _read_only_where_recorded(cls, recorded)
         if sigs:
-            apply_signatures(cls, recorded, checker, PROPERTY_TYPES.get(name))
+            apply_signatures(cls, recorded, checker)  # every setter typed from its recording
         setattr(trt, name, cls)
 
     def init_libnvinfer_plugins(logger, namespace):

@@ -21,6 +21,13 @@ pybind11 refuses, with pybind11's own wording:
 * ``typing_extensions.Buffer``: anything ``memoryview`` accepts;
   ``typing_extensions.CapsuleType``: ``None`` or a bindings object (real RTX accepts the
   logger and ``None`` for ``init_libnvinfer_plugins``, refuses a str, an int, ``object()``);
+* a property assignment: the setter's recorded signature (``"setter"`` in the recording,
+  read by tests/data/tensorrt-api/record_setters.py) types every settable property, with
+  the same rules; ``None`` is taken where pybind11 takes it: for an interface pointer
+  (``IProgressMonitor``, ``IErrorRecorder``, ...), for a bool, and for the ``const char*``
+  setters listed in :data:`SETTER_NONE_OK` (real RTX: ``network.name = None`` is taken,
+  ``config.build_route = None`` is refused; the signature says ``str`` for both); a negative
+  int is refused by the unsigned setters of :data:`SETTER_UNSIGNED`;
 * an ``ILogger`` / ``IProgressMonitor`` subclass whose ``__init__`` did not call the base
   ``__init__`` raises ``TypeError: <module>.ILogger.__init__() must be called when
   overriding __init__`` wherever it is handed over (real RTX: ``Builder``, ``Runtime``,
@@ -44,6 +51,17 @@ SIGNATURE_FILES = {"10": "signatures-10.16.1.11.json", "11": "signatures-11.4.0.
 # Class-typed parameters that take None although the signature shows no default (raw
 # pointers in the C++ API); seen on real RTX 1.7.
 NONE_OK = {("IBuilderConfig", "add_optimization_profile", "profile")}
+# String properties whose C++ setter takes a ``const char*``, so pybind11 takes None (null);
+# seen on real RTX 1.7 (tests/unit/tensorrt/test_fake_parity.py probes every settable property
+# of the classes it can make without a GPU). Other ``str`` setters (std::string) refuse None.
+SETTER_NONE_OK = {("ITensor", "name"), ("INetworkDefinition", "name"), ("Runtime", "temporary_directory"),
+                  ("IExecutionContext", "name")}
+# Integer properties whose C++ setter takes an unsigned type (bit masks, stream handles):
+# pybind11 refuses a negative value with TypeError although the signature says SupportsInt
+# for both (real RTX 1.7: config.flags = -1 is refused, num_compute_capabilities = -1 is taken).
+SETTER_UNSIGNED = {("IBuilderConfig", "flags"), ("IBuilderConfig", "profile_stream"), ("ITensor", "allowed_formats"),
+                   ("IOptimizationProfile", "profile_stream"), ("OnnxParser", "flags"),
+                   ("Runtime", "tempfile_control_flags")}
 _INT = {"typing.SupportsInt", "int"}
 _FLOAT = {"typing.SupportsFloat", "float"}
 _ANY = {"object", "typing.Any", "Any"}
@@ -257,6 +275,26 @@ def _int_sequence(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)
 
 
+def setter_type(record: Mapping) -> str | None:
+    """The value type of a settable property's recorded setter (``arg1`` of ``(arg0: T, arg1: V) -> R``)."""
+    match = re.match(r"^\((.*)\)(?: -> .+)?$", str(record.get("setter", "")).strip())
+    if not match:
+        return None
+    params = split_top(match.group(1))
+    if len(params) != 2:
+        return None
+    return params[1].partition(":")[2].strip() or None
+
+
+def _pointer_type(checker: "Checker", type_text: str) -> bool:
+    """An interface type (passed as a pointer, so None is null): a class the fake models or an ``I...`` name."""
+    target = checker.resolve(type_text)
+    if isinstance(target, type):
+        return not hasattr(target, "__members__")  # an enum is passed by value
+    last = type_text.split(".")[-1].split("::")[-1]
+    return last[:1] == "I" and last[1:2].isupper()
+
+
 def check_kinds(cls: type, recorded: Mapping[str, Mapping]) -> list[str]:
     """Public attributes of a fake class whose kind differs from the recorded one (empty: agrees)."""
     problems = []
@@ -313,10 +351,12 @@ def apply_signatures(cls: type, recorded: Mapping[str, Mapping], checker: Checke
             raise AttributeError(f"'{checker.prefix}.{owner}' object has no attribute '{name}'")
         if not record.get("settable"):
             raise AttributeError(f"property of '{owner}' object has no setter")
-        kind = property_types.get(name)
-        if kind is not None and not (value is None and kind.endswith("| None")):
+        kind = property_types.get(name) or setter_type(record)
+        if kind is not None and not (value is None and (kind.endswith("| None") or (owner, name) in SETTER_NONE_OK
+                                                        or _pointer_type(checker, kind))):
             setter = Overload("", (Param("arg1", kind.removesuffix(" | None")),), "None", "")
-            if not checker.binds(setter, (value,), {}, lambda _: False):
+            negative = (owner, name) in SETTER_UNSIGNED and _is_int(value) and int(value) < 0
+            if negative or not checker.binds(setter, (value,), {}, lambda _: False):
                 shown = f"{checker.prefix}.{owner}"
                 raise TypeError("(): incompatible function arguments. The following argument types are supported:\n"
                                 f"    1. (arg0: {shown}, arg1: {setter.params[0].type}) -> None\n\n"

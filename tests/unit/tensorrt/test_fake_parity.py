@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from fake_tensorrt import FakeWorld, make_fake_tensorrt
+from signatures import load_signatures
 from provisioning.backends.trt_logging import process_logger
 from trt_helpers import RTX, write_onnx_cases
 
@@ -171,6 +172,50 @@ def test_attribute_assignment_is_refused_like_pybind11(trt, onnx_files, capfd):
         "property call": lambda: config.num_optimization_profiles(),
     }
     return ({name: _kinds(outcome(call)) for name, call in calls.items()})
+
+
+# The classes real RTX makes without a GPU; every property their recording marks settable is probed.
+PROBED_CLASSES = ("Builder", "IBuilderConfig", "INetworkDefinition", "ITensor", "IOptimizationProfile", "OnnxParser",
+                  "Runtime")
+
+
+def _settable(name):
+    attrs = load_signatures(RTX)["classes"][name]["attrs"]
+    return sorted(a for a, r in attrs.items() if r.get("kind") == "property" and r.get("settable"))
+
+
+def _probe_values(trt):
+    return {"str": "x", "float": 1.5, "int": 0, "negative": -1, "bool": True, "None": None, "object": object(),
+            "enum": trt.DataType.FLOAT, "np.int64": np.int64(1), "np.float64": np.float64(2.0), "tuple": (1, 8),
+            "list of str": ["a"], "list of float": [1.0, 8.0]}
+
+
+def test_every_settable_property_of_the_probed_classes_is_probed():
+    assert sum(len(_settable(name)) for name in PROBED_CLASSES) >= 30
+    assert {"builder_optimization_level", "progress_monitor", "hardware_compatibility_level",
+            "num_compute_capabilities", "build_route"} <= set(_settable("IBuilderConfig"))
+
+
+@parity
+def test_every_settable_property_types_its_value_like_pybind11(trt, onnx_files, capfd):
+    """Each settable property of the classes made without a GPU, given a value of each kind."""
+    logger = make_logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse_from_file(str(onnx_files["relu"]))
+    objects = {"Builder": builder, "IBuilderConfig": builder.create_builder_config(), "INetworkDefinition": network,
+               "ITensor": network.get_input(0), "IOptimizationProfile": builder.create_optimization_profile(),
+               "OnnxParser": parser, "Runtime": trt.Runtime(logger)}
+    seen = {}
+    for name in PROBED_CLASSES:
+        target = objects[name]
+        for attribute in _settable(name):
+            for kind, value in _probe_values(trt).items():
+                result = _kinds(outcome(lambda: setattr(target, attribute, value)))
+                seen[f"{name}.{attribute} = {kind}"] = "refused" if result[0] == "TypeError" else "taken"
+    assert seen["IBuilderConfig.builder_optimization_level = str"] == "refused"  # issue 22 item 21
+    return seen
 
 
 @parity

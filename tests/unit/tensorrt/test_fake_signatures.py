@@ -312,3 +312,42 @@ def test_fake_cuda_runtime_reports_the_device():
     assert cudart.cudaGetDeviceProperties(0)[1].uuid.bytes[:4] == b"\xaa\xaa\xaa\xaa"
     world.no_gpu = True
     assert cudart.cudaSetDevice(0) == (cudart.cudaError_t.cudaErrorInsufficientDriver,)
+
+
+FAKE_CLASSES = ("Builder", "IBuilderConfig", "OnnxParser", "IOptimizationProfile", "Runtime", "ICudaEngine",
+                "IExecutionContext", "INetworkDefinition", "ITensor")
+
+
+def test_every_settable_property_has_a_recorded_setter_type():
+    # issue 22 item 21: the fake typed 5 setters; every settable property is typed from its recording now
+    for version in VERSIONS:
+        recorded = signatures.load_signatures(version)["classes"]
+        for name in FAKE_CLASSES:
+            untyped = [a for a, r in recorded[name]["attrs"].items()
+                       if r.get("kind") == "property" and r.get("settable") and not signatures.setter_type(r)]
+            assert untyped == [], (version, name)
+
+
+@pytest.mark.parametrize("attribute, value", [
+    ("builder_optimization_level", "x"), ("builder_optimization_level", 1.5), ("avg_timing_iterations", None),
+    ("max_aux_streams", "2"), ("profiling_verbosity", 0), ("engine_capability", "STANDARD"),
+    ("default_device_type", None), ("flags", -1), ("DLA_core", object()),
+])
+def test_a_property_assignment_of_the_wrong_type_is_refused_in_every_version(config, attribute, value):
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        setattr(config, attribute, value)
+
+
+@pytest.mark.parametrize("attribute, value", [
+    ("builder_optimization_level", 3), ("builder_optimization_level", np.int64(3)), ("avg_timing_iterations", True),
+    ("DLA_core", 0), ("progress_monitor", None),
+])
+def test_a_property_assignment_of_the_right_type_is_taken_in_every_version(config, attribute, value):
+    setattr(config, attribute, value)
+
+
+def test_a_setter_type_is_read_from_the_recorded_signature():
+    assert signatures.setter_type({"setter": "(arg0: m.IBuilderConfig, arg1: typing.SupportsInt) -> None"}) == \
+        "typing.SupportsInt"
+    assert signatures.setter_type({"setter": "(self: m.PluginField, arg0: m.Dims) -> None"}) == "m.Dims"
+    assert signatures.setter_type({"settable": True}) is None
