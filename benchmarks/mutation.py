@@ -71,8 +71,10 @@ MODULES: dict[str, tuple[str, ...]] = {
                     "tests/reliability/test_publish_order.py", "tests/perf/test_index_and_prefetch.py"),
     # test_security.py starts a moto S3 server per session (65 s a run): too slow per mutant
     "remote/signing.py": ("tests/remote/test_signing.py", "tests/remote/test_mutation_signing.py"),
-    # test_roundtrip.py, test_faults.py (moto) too; test_mutation_cache.py drives RemoteCache on a file:// remote
-    "remote/cache.py": ("tests/remote/test_mutation_cache.py", "tests/remote/test_file_remote.py"),
+    # test_roundtrip.py, test_faults.py (moto) too; test_mutation_cache.py drives RemoteCache on a file:// remote.
+    # remote/cache.py was split (issue 23): fetch, commit lookup, commit-or-wait, publish, repair, run state
+    **{f"remote/{name}.py": ("tests/remote/test_mutation_cache.py", "tests/remote/test_file_remote.py")
+       for name in ("cache", "fetch", "commit_lookup", "commit_or_wait", "publish", "repair", "run_state")},
 }
 DETECTED = {"killed", "timeout", "segfault", "caught by type check"}
 # mutmut's exit codes (mutmut.stats.status_by_exit_code, 3.8)

@@ -29,14 +29,15 @@ from ..schema import EngineFilenameSchema
 from .layout import COMMIT_DIR, ENGINE_DIR, LEASE, MANIFEST_DIR, EntryPaths
 from .lease import read_lease
 from .signing import MAX_COMMIT_BYTES, UNSIGNED, Unverified, parse_body, split_record
-from .store import SEEN, RemoteContentError, RemoteStore, modified_epoch, shown
+from .errors import RemoteContentError, shown
+from .objectstore import SEEN, ObjectStore, modified_epoch
 
 PRESENT, ABSENT, INCOMPLETE, UNREACHABLE = "present", "absent", "incomplete", "unreachable"
 _STALE_S = 3600.0  # an upload without a commit record this old is abandoned
 _MAX_MANIFEST = 1 << 20
 
 
-def remote_entry_status(store: RemoteStore, paths: EntryPaths, commit_ids: Iterable[str], timeout_s: float) -> str:
+def remote_entry_status(store: ObjectStore, paths: EntryPaths, commit_ids: Iterable[str], timeout_s: float) -> str:
     """``present`` (a commit record of a key in ``commit_ids``), ``absent``, ``incomplete`` or ``unreachable``."""
     try:
         for key_id in commit_ids:
@@ -75,7 +76,7 @@ class RemoteGcPlan:
 
 
 def plan_remote_gc(
-    store: RemoteStore,
+    store: ObjectStore,
     host_key: str,
     current: Iterable[tuple[str, str]],
     *,
@@ -158,7 +159,7 @@ def plan_remote_gc(
     return RemoteGcPlan(tuple(items), tuple(kept))
 
 
-def apply_remote_gc(store: RemoteStore, plan: RemoteGcPlan, timeout_s: float) -> int:
+def apply_remote_gc(store: ObjectStore, plan: RemoteGcPlan, timeout_s: float) -> int:
     """Delete what ``plan`` lists (commit records first, ``_seen.json`` last); returns the bytes freed."""
     for item in plan.items:
         first = [p for p in item.objects if f"/{COMMIT_DIR}/" in p]
@@ -168,7 +169,7 @@ def apply_remote_gc(store: RemoteStore, plan: RemoteGcPlan, timeout_s: float) ->
     return plan.bytes
 
 
-def _orphans(store: RemoteStore, paths: EntryPaths, parts: dict[str, dict], commits: dict[str, dict],
+def _orphans(store: ObjectStore, paths: EntryPaths, parts: dict[str, dict], commits: dict[str, dict],
              timeout_s: float, now: float) -> list[str]:
     """Parts of an entry no commit record names, untouched for an hour."""
     named: set[str] = set()
@@ -186,7 +187,7 @@ def _orphans(store: RemoteStore, paths: EntryPaths, parts: dict[str, dict], comm
     return sorted(orphans)
 
 
-def _record(store: RemoteStore, paths: EntryPaths, key_id: str, timeout_s: float):
+def _record(store: ObjectStore, paths: EntryPaths, key_id: str, timeout_s: float):
     """A commit record's fields, parsed without verifying (gc only keeps what any record names)."""
     try:
         blob = store.read_small(paths.commit(key_id), MAX_COMMIT_BYTES, timeout_s)
@@ -198,7 +199,7 @@ def _record(store: RemoteStore, paths: EntryPaths, key_id: str, timeout_s: float
         return None
 
 
-def _recorded_corpus(store: RemoteStore, paths: EntryPaths, commits: dict[str, dict], timeout_s: float) -> str | None:
+def _recorded_corpus(store: ObjectStore, paths: EntryPaths, commits: dict[str, dict], timeout_s: float) -> str | None:
     """``build.corpus`` of the manifest an entry's first readable commit record names."""
     for key_id in sorted(commits, key=lambda k: k == UNSIGNED):
         record = _record(store, paths, key_id, timeout_s)
@@ -221,7 +222,7 @@ def _item(paths: EntryPaths, rels: Iterable[str], parts: dict[str, dict], reason
     return RemoteGcItem(paths.base, objects, sum(int(parts[r].get("size") or 0) for r in rels), reason)
 
 
-def _lease_live(store: RemoteStore, path: str, timeout_s: float, now: float, lease_s: float) -> bool:
+def _lease_live(store: ObjectStore, path: str, timeout_s: float, now: float, lease_s: float) -> bool:
     lease = read_lease(store, path, timeout_s, lease_s)  # forged expiries cannot pin an entry
     return lease is not None and lease["expires"] >= now
 

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..schema import canonical_sha256
-from .store import RemoteStore
+from .objectstore import ObjectStore
 
 ENGINE_DIR, MANIFEST_DIR, COMMIT_DIR, LEASE = "engine", "manifest", "commit", "lease"
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest part over this is not read (nor uploaded)
 
 
 def inputs_digest(inputs: Any) -> str:
@@ -41,7 +42,7 @@ def inputs_digest(inputs: Any) -> str:
 class EntryPaths:
     """The bucket paths of one entry."""
 
-    store: RemoteStore
+    store: ObjectStore
     host_key: str
     engine_name: str
     digest: str

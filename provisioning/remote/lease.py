@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import lock_is_held
-from .store import RemoteContentError, RemoteStore, shown
+from .errors import RemoteContentError, shown
+from .objectstore import ObjectStore
 
 log = logging.getLogger("provisioning.remote")
 _MAX_LEASE_BYTES = 4096
@@ -48,7 +49,7 @@ def lease_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-def read_lease(store: RemoteStore, path: str, timeout: float, lease_s: float) -> dict[str, Any] | None:
+def read_lease(store: ObjectStore, path: str, timeout: float, lease_s: float) -> dict[str, Any] | None:
     """``{"owner", "expires", "etag"}`` of the lease at ``path``, None when absent; an invalid one reads as expired.
 
     ``etag`` lets a waiter take an expired lease over with a conditional delete.
@@ -80,7 +81,7 @@ def read_lease(store: RemoteStore, path: str, timeout: float, lease_s: float) ->
 class BuilderLease:
     """A held lease: renewed in a thread while ``engine_path``'s build lock is held."""
 
-    def __init__(self, store: RemoteStore, path: str, engine_path: Path, lease_s: float, timeout_s: float) -> None:
+    def __init__(self, store: ObjectStore, path: str, engine_path: Path, lease_s: float, timeout_s: float) -> None:
         self.store = store
         self.path = path
         self.engine_path = engine_path

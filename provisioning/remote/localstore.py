@@ -20,8 +20,10 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from ..sidecar import open_nofollow, write_all
-from .store import ConditionalWriteUnsupported, RemoteContentError, RemoteStore, RemoteUnavailable
-from .transfer import LocalWriteError, OrderedHasher, run_in_worker
+from .errors import ConditionalWriteUnsupported, LocalWriteError, RemoteContentError, RemoteUnavailable
+from .objectstore import ObjectStore
+from .ordered_hasher import OrderedHasher
+from .stall import run_in_worker
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -33,11 +35,11 @@ _NO_LINK = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV)
 _CHUNK = 4 << 20
 
 
-class LocalRemoteStore(RemoteStore):
-    """The RemoteStore calls on a local or mounted folder, link- and FIFO-safe."""
+class LocalRemoteStore(ObjectStore):
+    """The store calls on a local or mounted folder, link- and FIFO-safe."""
 
     def __init__(self, root: str, *, url: str) -> None:
-        super().__init__(None, root, is_async=False, url=url)
+        super().__init__(root, url=url)
 
     # -- path walking ------------------------------------------------------------------
     def _parts(self, path: str) -> list[str]:
@@ -150,20 +152,12 @@ class LocalRemoteStore(RemoteStore):
         except OSError as exc:
             raise _unavailable(exc) from exc
 
-    # -- the RemoteStore calls ---------------------------------------------------------
-    # Each runs in a daemon worker thread (transfer.run_in_worker): a hung mount blocks
+    # -- the ObjectStore calls --------------------------------------------------------
+    # Each runs in a daemon worker thread (stall.run_in_worker): a hung mount blocks
     # the worker, and the caller gets RemoteUnavailable (TimeoutError cause) after
     # ``timeout`` seconds without progress. Copies tick per chunk, so only a stall counts.
     def _bounded(self, fn, timeout: float, what: str):
         return run_in_worker(fn, max(0.1, timeout), what)
-
-    def read_small(self, path: str, limit: int, timeout: float) -> bytes | None:
-        found = self.read_small_tagged(path, limit, timeout)
-        return None if found is None else found[0]
-
-    def read_small_info(self, path: str, limit: int, timeout: float) -> tuple[bytes, float | None] | None:
-        found = self.read_small_tagged(path, limit, timeout)
-        return None if found is None else (found[0], found[1])
 
     def read_small_tagged(self, path: str, limit: int,
                           timeout: float) -> tuple[bytes, float | None, str | None] | None:
@@ -191,7 +185,7 @@ class LocalRemoteStore(RemoteStore):
 
     def download(self, path: str, fd: int, size: int, sha256_hex: str, stall_s: float, *,
                  progress=None) -> None:
-        """The RemoteStore.download contract on a mount: sequential reads, hashed as they go.
+        """The ObjectStore.download contract on a mount: sequential reads, hashed as they go.
 
         The worker writes through its own duplicate of ``fd``, so an abandoned worker (a
         hung mount) can never write into a descriptor number the caller has reused.

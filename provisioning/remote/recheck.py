@@ -19,7 +19,7 @@ from . import key_ring, remote_config_of
 from .cache import commit_path_for
 from .layout import inputs_digest
 from .signing import MAX_COMMIT_BYTES, UNSIGNED, Unverified, parse_body, split_record
-from .store import shown
+from .errors import shown
 
 OK, BUILT_HERE, ABSENT, REJECTED = "signed", "built-here", "absent", "rejected"
 

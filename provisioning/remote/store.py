@@ -1,23 +1,13 @@
-"""The bucket, through fsspec (s3fs for ``s3://``, the local file system for ``file://``).
+"""The ``s3://`` store, through s3fs, and the opener that picks a store for a config.
 
 A thin layer: paths inside the bucket, bounded calls, conditional create. fsspec and
 s3fs are imported here only, and only when a store is opened, so ``import provisioning``
 stays light. Failures come in two kinds, because they call for opposite reactions: a
 :class:`RemoteUnavailable` (network, server, credentials, timeout) turns the remote off for
 the run, while a :class:`RemoteContentError` (an object too large, a link, not a regular
-file) only condemns one entry, which is rebuilt and repaired. A ``file://`` remote is
-served by :class:`~provisioning.remote.localstore.LocalRemoteStore`, which never follows a
-link below the root. Layout::
-
-    <bucket>/<prefix>/
-      <host key>/
-        _seen.json                 last contact of a read-write client of this host key
-        <engine name>/
-          engine                   the engine bytes
-          manifest.json            what it was built from (same document as locally)
-          sig                      signature over manifest + sidecar (when a key is set)
-          sha256                   sha256sum line: the commit point, uploaded last
-          lease                    a builder's claim while it builds (temporary)
+file) only condemns one entry, which is rebuilt and repaired (see :mod:`.errors`). A
+``file://`` remote is served by :class:`~provisioning.remote.localstore.LocalRemoteStore`,
+which never follows a link below the root. Layout: see :mod:`provisioning.remote.layout`.
 """
 
 from __future__ import annotations
@@ -27,33 +17,25 @@ from typing import Any, Callable
 
 from ..errors import ConfigError
 from .config import RemoteConfig, check_endpoint_env
+from .errors import (
+    ConditionalWriteUnsupported, LocalWriteError, RemoteContentError, RemoteUnavailable, shown, transport,
+)
+from .localstore import LocalRemoteStore
+from .objectstore import ENGINE, ENTRY_OBJECTS, LEASE, MANIFEST, SEEN, SIDECAR, SIGNATURE, ObjectStore, modified_epoch
+from .ordered_hasher import OrderedHasher
+from .s3_read import s3_download, s3_read_capped
+from .s3_write import conditional_failure, s3_delete_if_match, s3_upload
+from .stall import Ticker, watched
 
-ENGINE, MANIFEST, SIDECAR, SIGNATURE, LEASE = "engine", "manifest.json", "sha256", "sig", "lease"
-SEEN = "_seen.json"
-ENTRY_OBJECTS = (ENGINE, MANIFEST, SIGNATURE, SIDECAR, LEASE)
-
-
-class ConditionalWriteUnsupported(Exception):
-    """The store cannot create-if-absent; leases fall back to best effort."""
-
-
-class RemoteUnavailable(Exception):
-    """A transport failure (network, server, credentials, timeout); ``__cause__`` is the original."""
-
-
-class RemoteContentError(Exception):
-    """An object that must not be used as stored (over a size limit, a link, not a regular file)."""
-
-
-def _transport(exc: BaseException) -> RemoteUnavailable:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    error = RemoteUnavailable(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
-    error.__cause__ = exc
-    return error
+__all__ = [
+    "ENGINE", "ENTRY_OBJECTS", "LEASE", "MANIFEST", "SEEN", "SIDECAR", "SIGNATURE",
+    "ConditionalWriteUnsupported", "LocalRemoteStore", "ObjectStore", "RemoteContentError", "RemoteStore",
+    "RemoteUnavailable", "modified_epoch", "shown",
+]
 
 
-class RemoteStore:
-    """One bucket prefix.
+class RemoteStore(ObjectStore):
+    """One ``s3://`` bucket prefix; :meth:`open` returns the store for any configured URL.
 
     Calls that move bytes (reads, downloads, uploads) are bounded by a *stall* timeout: the
     ``timeout`` / ``stall_s`` argument is the longest they may go without a byte moving, so
@@ -62,40 +44,22 @@ class RemoteStore:
     listings, deletes) must complete within ``timeout``. See :mod:`.transfer`.
     """
 
-    #: downloads: objects up to ``part_bytes`` take one GET, larger ones ranged GETs of
-    #: ``part_bytes``, ``concurrency`` in flight; at most ``concurrency * part_bytes``
-    #: bytes are held in memory (parts that arrive ahead of the hash frontier). 64 MiB x 4
-    #: is the scale s5cmd and s3fs's get_file use (50 MiB parts, 5-10 in flight): fewer,
-    #: larger requests, because servers that pay a per-request cost proportional to the
-    #: object (moto reads the whole object for every ranged GET) punish small parts
-    #: (16 MiB parts measured 2.6x slower than 64 MiB ones there), while S3 itself
-    #: reaches full per-connection throughput well below 64 MiB.
-    part_bytes = 64 << 20
-    concurrency = 4
-    #: uploads: files up to this size take one PUT; larger ones a multipart upload
-    single_put_bytes = 32 << 20
-    upload_part_bytes = 16 << 20
-    upload_concurrency = 4
-
     def __init__(self, fs: Any, root: str, *, is_async: bool, url: str) -> None:
+        super().__init__(root, url=url)
         self.fs = fs
-        self.root = root.rstrip("/")
-        self.url = url
         self._is_async = is_async
 
     @classmethod
-    def open(cls, config: RemoteConfig) -> "RemoteStore":
+    def open(cls, config: RemoteConfig) -> ObjectStore:
         """A store for ``config.url`` (connects lazily, on the first call)."""
         try:
-            import fsspec
+            import fsspec  # noqa: F401  (present, or the remote cannot work)
         except ImportError:
             raise ConfigError(
                 f"{config.config_path}: field 'remote': the remote cache needs fsspec and s3fs; "
                 "install provisioning[remote] or set remote.mode: off"
             ) from None
         if config.protocol == "file":
-            from .localstore import LocalRemoteStore
-
             return LocalRemoteStore(config.url[len("file://"):], url=config.url)
         check_endpoint_env(config)
         try:
@@ -115,20 +79,6 @@ class RemoteStore:
         fs.retries = 1  # retries are ours, bounded by timeout_s; s3fs would back off for ~10 s more
         return cls(fs, config.url[len("s3://"):], is_async=True, url=config.url)
 
-    # -- paths ---------------------------------------------------------------------
-    def host_dir(self, host_key: str) -> str:
-        """The folder of one host key."""
-        return f"{self.root}/{host_key}"
-
-    def entry_path(self, host_key: str, engine_name: str, obj: str = "") -> str:
-        """An entry's folder, or one of its objects."""
-        base = f"{self.root}/{host_key}/{engine_name}"
-        return f"{base}/{obj}" if obj else base
-
-    def display(self, path: str) -> str:
-        """A path as users write it (``s3://bucket/...``)."""
-        return ("file://" if self.url.startswith("file://") else "s3://") + path
-
     # -- calls ---------------------------------------------------------------------
     def _kw(self, timeout: float) -> dict[str, float]:
         # fsspec's sync() takes a hard timeout for async file systems; local calls need none.
@@ -142,7 +92,7 @@ class RemoteStore:
         except (FileNotFoundError, FileExistsError, RemoteContentError, RemoteUnavailable):
             raise
         except Exception as exc:
-            raise _transport(exc) from exc
+            raise transport(exc) from exc
 
     def _bucket_key(self, path: str) -> tuple[str, str]:
         bucket, _, key = path.partition("/")
@@ -157,26 +107,15 @@ class RemoteStore:
         """
         from fsspec.asyn import sync
 
-        from . import transfer
-
-        ticker = transfer.Ticker()
+        ticker = Ticker()
         try:
-            return sync(self.fs.loop, transfer.watched, lambda: factory(ticker), max(0.1, stall_s), ticker, what)
+            return sync(self.fs.loop, watched, lambda: factory(ticker), max(0.1, stall_s), ticker, what)
         except (FileNotFoundError, RemoteContentError, RemoteUnavailable, ConditionalWriteUnsupported):
             raise
-        except transfer.LocalWriteError as exc:
+        except LocalWriteError as exc:
             raise exc.error from None
         except Exception as exc:
-            raise _transport(exc) from exc
-
-    def read_small(self, path: str, limit: int, timeout: float) -> bytes | None:
-        """The bytes of a small object, None when absent; RemoteContentError above ``limit``.
-
-        Streamed with a hard cap: never more than ``limit + 1`` bytes (plus one chunk) are
-        held, whatever the server sends; Content-Length / Content-Range are checked first.
-        """
-        found = self.read_small_tagged(path, limit, timeout)
-        return None if found is None else found[0]
+            raise transport(exc) from exc
 
     def read_small_tagged(self, path: str, limit: int,
                           timeout: float) -> tuple[bytes, float | None, str | None] | None:
@@ -184,16 +123,9 @@ class RemoteStore:
 
         The ETag is the server's, quoted as sent; pass it unchanged to :meth:`delete_if_match`.
         """
-        from . import transfer
-
         bucket, key = self._bucket_key(path)
-        return self._stream(lambda ticker: transfer.s3_read_capped(self.fs, bucket, key, limit, ticker),
+        return self._stream(lambda ticker: s3_read_capped(self.fs, bucket, key, limit, ticker),
                             timeout, "read")
-
-    def read_small_info(self, path: str, limit: int, timeout: float) -> tuple[bytes, float | None] | None:
-        """Like :meth:`read_small`, with the object's last-modified time (the server's clock)."""
-        found = self.read_small_tagged(path, limit, timeout)
-        return None if found is None else (found[0], found[1])
 
     def download(self, path: str, fd: int, size: int, sha256_hex: str, stall_s: float, *,
                  progress: Callable[[int], None] | None = None) -> None:
@@ -211,13 +143,11 @@ class RemoteStore:
         ``progress(bytes_received)`` runs on the transfer's thread (s3fs's event loop, or
         the file:// worker): it must be quick and must not call the store.
         """
-        from . import transfer
-
         bucket, key = self._bucket_key(path)
-        sink = transfer.OrderedHasher(fd, size, progress)
+        sink = OrderedHasher(fd, size, progress)
 
         def fetch(ticker):
-            return transfer.s3_download(self.fs, bucket, key, sink, ticker, part_bytes=max(1, self.part_bytes),
+            return s3_download(self.fs, bucket, key, sink, ticker, part_bytes=max(1, self.part_bytes),
                                         concurrency=max(1, self.concurrency))
 
         self._stream(fetch, stall_s, "download")
@@ -240,19 +170,17 @@ class RemoteStore:
         self._call(self.fs.pipe_file, path, data, **self._kw(timeout))
 
     def _upload(self, path: str, local: str, timeout: float, exclusive: bool) -> bool:
-        from . import transfer
-
         bucket, key = self._bucket_key(path)
 
         def upload(ticker):
-            return transfer.s3_upload(self.fs, bucket, key, local, ticker, exclusive=exclusive,
+            return s3_upload(self.fs, bucket, key, local, ticker, exclusive=exclusive,
                                       part_bytes=self.upload_part_bytes, concurrency=self.upload_concurrency,
                                       single_put_bytes=self.single_put_bytes, stall_s=max(0.1, timeout))
 
         try:
             return bool(self._stream(upload, timeout, "upload"))
         except RemoteUnavailable as exc:
-            verdict = transfer.conditional_failure(exc.__cause__) if exclusive and exc.__cause__ else None
+            verdict = conditional_failure(exc.__cause__) if exclusive and exc.__cause__ else None
             if verdict == "exists":
                 return False
             if verdict == "unsupported":
@@ -285,7 +213,7 @@ class RemoteStore:
         except Exception as exc:
             if (isinstance(exc, OSError) and exc.errno == errno.EINVAL) or "NotImplemented" in str(exc):
                 raise ConditionalWriteUnsupported(str(exc).splitlines()[0] if str(exc) else "") from None
-            raise _transport(exc) from exc
+            raise transport(exc) from exc
         return True
 
     def delete_if_match(self, path: str, etag: str, timeout: float) -> bool:
@@ -296,15 +224,13 @@ class RemoteStore:
         that ignores ``If-Match`` on DeleteObject (S3 has honoured it since 2024; check
         other implementations) deletes unconditionally; that cannot be detected here.
         """
-        from . import transfer
-
         bucket, key = self._bucket_key(path)
         try:
-            self._stream(lambda ticker: transfer.s3_delete_if_match(self.fs, bucket, key, etag), timeout, "delete")
+            self._stream(lambda ticker: s3_delete_if_match(self.fs, bucket, key, etag), timeout, "delete")
         except FileNotFoundError:
             return False
         except RemoteUnavailable as exc:
-            verdict = transfer.conditional_failure(exc.__cause__) if exc.__cause__ is not None else None
+            verdict = conditional_failure(exc.__cause__) if exc.__cause__ is not None else None
             if verdict == "exists":
                 return False
             if verdict == "unsupported":
@@ -333,26 +259,3 @@ class RemoteStore:
             return dict(self._call(self.fs.find, path, detail=True, **self._kw(timeout)))
         except FileNotFoundError:
             return {}
-
-
-def modified_epoch(info: dict[str, Any]) -> float | None:
-    """An object's last-modified time as epoch seconds, from an fsspec info dict."""
-    value = info.get("LastModified", info.get("mtime", info.get("created")))
-    if value is None:
-        return None
-    if hasattr(value, "timestamp"):
-        return float(value.timestamp())
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def shown(value: object, cap: int = 64) -> str:
-    """A remote-controlled string as logs show it: ascii() of at most ``cap`` characters.
-
-    ascii() escapes newlines, carriage returns, ANSI escapes and non-ASCII look-alikes, so
-    a crafted lease owner, key id or file name cannot forge a log line of its own.
-    """
-    text = value if isinstance(value, str) else repr(value)
-    return ascii(text[:cap]) + ("..." if len(text) > cap else "")

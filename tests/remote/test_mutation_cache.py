@@ -35,6 +35,9 @@ from provisioning.cache import EngineCacheEntry, check_entry, engine_lock, ensur
 from provisioning.manifest import BuildInputs, make_manifest, manifest_bytes, manifest_path_for
 from provisioning.remote import key_ring, make_remote_cache, parse_remote_config
 from provisioning.remote import cache as remote_cache
+from provisioning.remote import commit_or_wait as remote_wait
+from provisioning.remote import fetch as remote_fetch
+from provisioning.remote import publish as remote_publish
 from provisioning.remote.cache import RemoteCache, RunState, commit_path_for, run_state, shared_manifest
 from provisioning.remote.layout import EntryPaths, inputs_digest
 from provisioning.remote.localstore import LocalRemoteStore
@@ -163,7 +166,8 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
     virtual = Clock()
-    monkeypatch.setattr(remote_cache, "time", virtual)
+    for module in (remote_cache, remote_wait, remote_fetch, remote_publish):
+        monkeypatch.setattr(module, "time", virtual)
     return virtual
 
 
@@ -1186,7 +1190,7 @@ def test_a_download_needs_room_for_the_engine_and_a_margin(site, logs, monkeypat
         seen.append(Path(path))
         return Usage(1 << 40, 0, free)
 
-    monkeypatch.setattr(remote_cache.shutil, "disk_usage", disk_usage)
+    monkeypatch.setattr(remote_fetch.shutil, "disk_usage", disk_usage)
     cache, store = site.scripted(mode="read-only")
     fetched = site.fetch(cache)
     assert seen == [engine.parent] and (fetched is not None) is ok
@@ -1200,7 +1204,7 @@ def test_a_download_needs_room_for_the_engine_and_a_margin(site, logs, monkeypat
 
 def test_the_free_space_line_in_mib(site, logs, monkeypatch):
     site.cache("builder").publish(site.built)
-    monkeypatch.setattr(remote_cache.shutil, "disk_usage", lambda path: Usage(1 << 40, 0, 10 * MIB + MIB // 2 + 1))
+    monkeypatch.setattr(remote_fetch.shutil, "disk_usage", lambda path: Usage(1 << 40, 0, 10 * MIB + MIB // 2 + 1))
     assert site.fetch(site.cache(mode="read-only")) is None
     assert "(11 MiB free, the engine needs 64 MiB; free disk space)" in logs.events("remote_local_write")[0].getMessage()
 
@@ -1319,7 +1323,7 @@ def test_a_write_error_during_the_download_is_local(site, logs):
 
 
 class _FailingFsync:
-    """cache.py's view of ``os`` on a disk whose fsync fails."""
+    """fetch.py's view of ``os`` on a disk whose fsync fails."""
 
     def __getattr__(self, name):
         return getattr(os, name)
@@ -1331,7 +1335,7 @@ class _FailingFsync:
 
 def test_an_fsync_error_is_local_and_leaves_nothing_behind(site, logs, monkeypatch):
     site.cache("builder").publish(site.built)
-    monkeypatch.setattr(remote_cache, "os", _FailingFsync())
+    monkeypatch.setattr(remote_fetch, "os", _FailingFsync())
     fds = _open_fds()
     assert site.fetch(site.cache(mode="read-only")) is None
     assert _open_fds() == fds

@@ -467,7 +467,7 @@ def test_a_download_that_would_not_fit_on_the_disk_is_not_started(tmp_path, corp
     import shutil as shutil_module
     from collections import namedtuple
 
-    from provisioning.remote import cache as remote_cache
+    from provisioning.remote import fetch as remote_fetch
 
     block = signed_block(s3_server.endpoint, bucket, monkeypatch)
     make_host(tmp_path, "a", corpus_dir, block).provision()
@@ -475,11 +475,11 @@ def test_a_download_that_would_not_fit_on_the_disk_is_not_started(tmp_path, corp
     compiler, remote, _ = b.compiler()
     usage = namedtuple("usage", "total used free")
     # The one stand-in: a nearly full file system, as statvfs would report it.
-    monkeypatch.setattr(remote_cache.shutil, "disk_usage", lambda path: usage(1 << 30, (1 << 30) - 4096, 4096))
+    monkeypatch.setattr(remote_fetch.shutil, "disk_usage", lambda path: usage(1 << 30, (1 << 30) - 4096, 4096))
     remote.store.download = lambda *args, **kw: pytest.fail("a download was started without the space for it")
     with caplog.at_level(logging.WARNING):
         summary = b.provision(compiler)
-    monkeypatch.setattr(remote_cache.shutil, "disk_usage", shutil_module.disk_usage)
+    monkeypatch.setattr(remote_fetch.shutil, "disk_usage", shutil_module.disk_usage)
     assert summary.built == 3 and remote.disabled_reason is None
     lines = warnings_of(caplog)
     assert len(lines) == 3 and all("could not write" in line and "0 MiB free" in line for line in lines), lines
