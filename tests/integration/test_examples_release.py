@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import getopt
 import importlib
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import PROJECT_ENV_VARS, REPO
 from tests.integration.test_examples import PYPROJECT, Image, _in_ci, lint, linter
 
 EXAMPLES = REPO / "examples"
@@ -139,7 +143,8 @@ def test_validation_refuses_unknown_fields_and_kinds() -> None:
 # --- the manifests, read together -------------------------------------------------------------
 
 def build_jobs() -> list[dict]:
-    return [j for j in every("Job") if any(argv(c)[:2] == ["doit", "engines"] for c in containers(j["spec"]["template"]["spec"]))]
+    return [job for job in every("Job")
+            if any(argv(c)[:2] == ["doit", "engines"] for c in containers(job["spec"]["template"]["spec"]))]
 
 
 def release_job() -> tuple[dict, dict]:
@@ -170,7 +175,8 @@ def test_one_build_job_per_gpu_class_runs_doit_engines_against_the_bucket(tmp_pa
         assert pod["restartPolicy"] == "Never" and gpus(build) == 1, job["metadata"]["name"]
         assert any(s["secretRef"]["name"] for s in build.get("envFrom", [])), "bucket credentials from a Secret"
         corpus = yaml.safe_load(configmap_file(pod, build, env(build)["PROVISIONING_CONFIG"]))
-        assert corpus["remote"]["mode"] == "read-write" and corpus["remote"]["url"].startswith("s3://"), corpus["remote"]
+        remote = corpus["remote"]
+        assert remote["mode"] == "read-write" and remote["url"].startswith("s3://"), remote
         key_file = corpus["remote"]["signing_key"]["private_key"]["file"]
         assert "secret" in mounted(pod, build, key_file)[1], f"{key_file}: the signing key comes from a Secret volume"
         assert "emptyDir" in mounted(pod, build, corpus["cache_dir"])[1], "the local cache is scratch: the bucket keeps"
@@ -287,7 +293,8 @@ def test_configs_load_and_the_farm_signs_with_the_key_serving_trusts(tmp_path: P
     ci_signer = EntrySigner(ci.signing_key, "corpus-fleet.yaml")
     assert signer.can_sign and ci_signer.can_sign and not verifier.can_sign
     assert signer.key_id == verifier.key_id == ci_signer.key_id
-    assert verifier.check(b"entry", signer.raw_signature(b"entry")) and verifier.check(b"e", ci_signer.raw_signature(b"e"))
+    assert verifier.check(b"entry", signer.raw_signature(b"entry"))
+    assert verifier.check(b"entry", ci_signer.raw_signature(b"entry"))
     for remote in (serving_remote, ci):
         assert (remote.url, remote.namespace) == (farm_remote.url, farm_remote.namespace)
 
@@ -307,7 +314,8 @@ def test_release_workflow_builds_each_class_then_gates_and_uploads_once() -> Non
     assert set(runners) <= set(declared), "actionlint.yaml declares every GPU runner label"
     assert any(s.get("run", "").strip() == "doit engines" for s in build["steps"])
     assert release["needs"] == "build" and "cancelled()" in release["if"]
-    gates = [words for s in release["steps"] for words in doit_commands(s.get("run", "")) if words[1] == "engines-release"]
+    gates = [words for step in release["steps"] for words in doit_commands(step.get("run", ""))
+             if words[1] == "engines-release"]
     ((_, *rest),) = gates
     options, (out,) = parse_command(rest)
     assert options["require"] and options["created"], options
@@ -447,3 +455,105 @@ def test_release_commands_document_the_contract(name: str) -> None:
     longs = {o.long for o in cls().get_options()}
     missing = sorted(set(CONTRACT[name][0]) - longs)
     assert not missing, f"doit {name} does not document --{', --'.join(missing)}, which the examples use"
+
+
+# --- the examples' own command lines, run in order on this machine ------------------------------
+
+def run_example(pod: dict, container: dict, root: Path, cwd: Path, words: list[str] | None = None) -> Any:
+    """A container's ``doit ...`` argv and env, container paths under ``root`` (its emptyDirs made), run here."""
+    for mount in container.get("volumeMounts", []):
+        if "emptyDir" in mounted(pod, container, mount["mountPath"])[1]:
+            (root / mount["mountPath"].lstrip("/")).mkdir(parents=True, exist_ok=True)
+    words, environment = words or argv(container), env(container)
+    assert words[0] == "doit", words
+    mapped = [str(root) + w if w.startswith("/") else w for w in words[1:]]
+    child = {k: v for k, v in os.environ.items() if k not in (*PROJECT_ENV_VARS, "PROVISIONING_SERVING_CONFIG")}
+    child.update({k: str(root) + v if v.startswith("/") else v for k, v in environment.items()})
+    return subprocess.run([sys.executable, "-m", "doit", *mapped], cwd=cwd, env=child, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_the_examples_run_in_order_against_a_file_bucket(tmp_path: Path) -> None:
+    """Build Job -> release Job -> the serving pod's init containers -> resolve_engine, with their own argv.
+
+    What this machine cannot be is swapped, nothing else: ONNX Runtime for TensorRT (no GPU),
+    a ``file://`` bucket for S3, the CPU fallback on (the release then holds CPU variants only),
+    and the gate's GPU classes for this host's key once the as-written gate has refused.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    root, bucket = tmp_path / "fs", tmp_path / "bucket"
+    bucket.mkdir()
+    private = Ed25519PrivateKey.generate()
+    build_pod = build_jobs()[0]["spec"]["template"]["spec"]
+    (build,) = build_pod["containers"]
+    corpus = in_sandbox(yaml.safe_load(configmap_file(build_pod, build, env(build)["PROVISIONING_CONFIG"])), root)
+    corpus["backend"], corpus["remote"]["url"] = "onnxruntime", bucket.as_uri()
+    for backbone in corpus["backbones"]:  # ONNX Runtime builds fp32 and int8
+        backbone["precision"] = "fp32"
+    pod = serving_pod()
+    pull, export = pod["initContainers"]
+    serving = in_sandbox(yaml.safe_load(configmap_file(pod, pull, env(pull)["PROVISIONING_SERVING_CONFIG"])), root)
+    serving["remote"]["url"], serving["allow_cpu_fallback"] = bucket.as_uri(), True
+    del serving["runtime"]  # the TensorRT of the Triton image: not on this machine
+    files = {
+        corpus["remote"]["signing_key"]["private_key"]["file"]: private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        serving["remote"]["signing_key"]["public_key"]["file"]: private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+        str(root) + env(build)["PROVISIONING_CONFIG"]: yaml.safe_dump(corpus).encode(),
+        str(root) + env(pull)["PROVISIONING_SERVING_CONFIG"]: yaml.safe_dump(serving).encode(),
+    }
+    for path, data in files.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(data)
+    app = root / "app"  # Dockerfile.build-farm's WORKDIR, with the dodo.py and the ONNX it COPYs
+    copied = {s: d for sources, d, _ in Image.read(DOCKERFILES[0]).copies() for s in sources}
+    assert copied["dodo.py"] == "./" and copied["corpus/models/"] == "corpus/models/", copied
+    app.mkdir(parents=True)
+    (app / "dodo.py").write_bytes((REPO / "dodo.py").read_bytes())
+    shutil.copytree(REPO / "corpus/models", app / "corpus/models")
+
+    built = run_example(build_pod, build, root, app)
+    assert built.returncode == 0, f"{built.stdout}{built.stderr}"
+    assert sum(line.startswith("BUILT ") for line in built.stdout.splitlines()) == 3, built.stdout
+
+    release_pod, assemble = release_job()
+    words = argv(assemble)
+    gated = run_example(release_pod, assemble, root, app)
+    _, (out,) = parse_command(words[1:])
+    missing = [line for line in gated.stderr.splitlines() if line.startswith("MISSING ")]
+    assert gated.returncode == 1 and len(missing) == 3 * len(gpu_classes()), f"{gated.stdout}{gated.stderr}"
+    assert not (root / out.lstrip("/")).exists(), "a failed gate writes no release"
+    (host_key,) = [p.name for p in bucket.iterdir() if p.is_dir()]
+    words[words.index("--require") + 1] = host_key
+    released = run_example(release_pod, assemble, root, app, words)
+    assert released.returncode == 0, f"{released.stdout}{released.stderr}"
+
+    # the upload and `kubectl create configmap`: the file lands where the pod mounts the release
+    _, (release,) = parse_command(argv(pull)[1:])
+    (root / release.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (root / release.lstrip("/")).write_bytes((root / out.lstrip("/")).read_bytes())
+    nowhere = tmp_path / "pull-image-workdir"  # no dodo.py, no ONNX, no corpus
+    nowhere.mkdir()
+    for attempt in ("PULLED", "PRESENT"):
+        pulled = run_example(pod, pull, root, nowhere)
+        assert pulled.returncode == 0, f"{pulled.stdout}{pulled.stderr}"
+        lines = [line for line in pulled.stdout.splitlines() if line.startswith(attempt + " ")]
+        assert len(lines) == 3 and all("cpu-fallback" in line for line in lines), pulled.stdout
+
+    from provisioning import resolve_engine
+
+    entry = resolve_engine(release=root / release.lstrip("/"), model="det",
+                           serving_config=str(root) + env(pull)["PROVISIONING_SERVING_CONFIG"])
+    assert Path(entry.path).parent == Path(serving["cache_dir"]) and Path(entry.path).is_file(), entry.path
+    entry.open()  # an ONNX Runtime session from the verified bytes
+    cls = command_class("engines-export")
+    if cls is None or "release" not in {o.long for o in cls().get_options()}:
+        pytest.skip("doit engines-export has no --release yet: the export init container was not run")
+    exported = run_example(pod, export, root, nowhere)
+    assert exported.returncode == 0, f"{exported.stdout}{exported.stderr}"
+    options, _ = parse_command(argv(export)[1:])
+    repository = root / options["triton"].lstrip("/")
+    assert {p.parent.name for p in repository.glob("*/config.pbtxt")} == {"det", "cls", "emb"}, exported.stdout
