@@ -12,6 +12,7 @@ large; an unknown ``--models`` name; a bad serving config). Always one line per 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from ..errors import ProvisioningError
@@ -62,6 +63,7 @@ class EnginesPull(_EnginesCommand):
         from ..release.serving_config import load_serving_config, serving_config_path
 
         as_json = params["json"]
+        _securesystemslib_without_aws()
         try:
             config = load_serving_config(serving_config_path(params["serving_config"] or None),
                                          cache_dir=params["cache_dir"] or None, runtime=params["runtime"] or None,
@@ -79,6 +81,26 @@ class EnginesPull(_EnginesCommand):
             for line in report.lines:
                 print(line.text(), flush=True)
         return report.exit_code
+
+
+def _securesystemslib_without_aws() -> None:
+    """Import securesystemslib's signers without boto3, for this command's process only.
+
+    ``securesystemslib.signer`` imports boto3 for its AWS KMS signer (about 0.2 s, more than
+    the rest of a warm pull's start-up); a release is verified with SSlibKey, never with KMS,
+    so boto3 is hidden while the package loads (that one signer reports itself unavailable)
+    and visible again afterwards.
+    """
+    if "securesystemslib.signer" in sys.modules or "boto3" in sys.modules:
+        return
+    sys.modules["boto3"] = None  # type: ignore[assignment]  # an ImportError, which the signer module expects
+    try:
+        import securesystemslib.signer  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        if sys.modules.get("boto3", False) is None:
+            del sys.modules["boto3"]
 
 
 def _options_after_positional(command: Any, params: Any, args: list[str]) -> tuple[Any, list[str]]:
