@@ -351,6 +351,11 @@ def doit_commands(script: str) -> Iterator[list[str]]:
                 yield words[i:end]
 
 
+def synopsis(words: list[str]) -> list[str]:
+    """A usage line as the command line it stands for: ``[--models a,b]`` is ``--models a,b``; ``...`` goes."""
+    return [w for w in (word.strip("[]") for word in words) if w and w != "..."]
+
+
 def example_commands() -> Iterator[tuple[str, list[str]]]:
     """(where, ``["doit", "engines-...", ...]``) of every engines command the examples and docs run."""
     return ((where, words) for where, words in _commands() if words[1:2] and words[1].startswith("engines-"))
@@ -379,7 +384,7 @@ def _commands() -> Iterator[tuple[str, list[str]]]:
     for path in DOCS:
         if path.exists():
             for block in re.findall(r"```(?:bash|sh|shell|console)\n(.*?)```", path.read_text(), re.S):
-                yield from ((path.name, w) for w in doit_commands(block))
+                yield from ((path.name, synopsis(w)) for w in doit_commands(block))
 
 
 def command_class(name: str) -> Any:
