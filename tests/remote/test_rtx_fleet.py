@@ -7,7 +7,6 @@ TensorRT-RTX builder, real S3 server (moto) on the loopback interface.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import replace
 
 import pytest
@@ -18,11 +17,11 @@ from provisioning.compose import build_backbone_specs, make_backend, probe_host_
 from provisioning.host import GpuInfo
 from provisioning.remote import make_remote_cache
 from tests.conftest import write_corpus_yaml
+from tests.rtx_guard import rtx_required  # noqa: F401 - the fixture of pytestmark
 
 from .conftest import remote_block
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
-                                reason="tensorrt_rtx is not installed (pip install -e '.[test]')")
+pytestmark = pytest.mark.usefixtures("rtx_required")  # skip without tensorrt_rtx, fail under CI=true
 
 
 def _host_config(root, name, corpus_dir, block):

@@ -8,9 +8,6 @@ GPU (TensorRT-RTX compiles ahead of time for the listed compute capabilities).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from provisioning.compiler import BackboneSpec, EngineCompiler, EngineCompileRequest, EngineCompileSummary
 from provisioning.host import HostCapabilities
 from tests.conftest import CORPUS, DoitProject, shipped_file, write_corpus_yaml
+from tests.rtx_guard import require_rtx
 
 TARGETS = ["sm86", "sm89", "sm120"]
 RTX_BACKBONES = [
@@ -35,28 +33,10 @@ RTX_BACKBONES = [
 DODO = "from provisioning.doit import DOIT_CONFIG, task_engines  # noqa: F401\n"
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-def _import_rtx() -> tuple[Any, str | None]:
-    try:
-        return importlib.import_module("tensorrt_rtx"), None
-    except Exception as exc:  # ImportError, or OSError from a missing libtensorrt_rtx
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-
-
 @pytest.fixture(scope="session", autouse=True)
 def rtx() -> Any:
-    """The real ``tensorrt_rtx`` module (skip without it; fail under CI=true)."""
-    module, why = _import_rtx()
-    if module is None:
-        message = (f"tensorrt_rtx is not importable ({why}); install it with "
-                   "pip install -e '.[test]' (the tensorrt-rtx extra)")
-        if _in_ci():
-            pytest.fail(f"CI=true and {message}: the CI install is broken", pytrace=False)
-        pytest.skip(message)
-    return module
+    """The real ``tensorrt_rtx`` module (skip without it; fail under CI=true): :func:`tests.rtx_guard.require_rtx`."""
+    return require_rtx()
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from provisioning.compose import build_backbone_specs, load_config
 from provisioning.doit.corpus import LoadedCorpus
 from provisioning.serving.triton import ExportError, ExportInputError, export_triton_repository
 from tests.conftest import CORPUS, DOIT
+from tests.rtx_guard import require_rtx
 from tests.serving.conftest import complete_versions, edit_onnx, model_config
 
 GPUS = {  # name, compute capability
@@ -132,7 +133,7 @@ def test_stale_plans_of_other_gpus_are_skipped_and_corrupt_ones_refused(fleet):
 
 def test_tensorrt_rtx_plans_are_refused(tmp_path):
     """A real TensorRT-RTX plan (built for sm86 without a GPU) cannot be served by Triton's TensorRT backend."""
-    pytest.importorskip("tensorrt_rtx", reason="the tensorrt-rtx extra is not installed")
+    require_rtx()  # skip without the tensorrt-rtx extra, fail under CI=true
     shutil.copytree(CORPUS / "models", tmp_path / "corpus" / "models")
     (tmp_path / "corpus" / "corpus.yaml").write_text(yaml.safe_dump({
         "cache_dir": "cache", "backend": "tensorrt-rtx", "workspace_mb": 256, "compute_capabilities": ["sm86"],

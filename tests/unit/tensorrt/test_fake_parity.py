@@ -15,10 +15,12 @@ import pytest
 
 from fake_tensorrt import FakeWorld, make_fake_tensorrt
 from signatures import load_signatures
+from tests.rtx_guard import import_rtx, rtx_required  # noqa: F401 - the fixture of pytestmark
 from provisioning.backends.trt_logging import process_logger
 from trt_helpers import RTX, write_onnx_cases
 
-real_trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX (pip install tensorrt-rtx) is not installed")
+real_trt, _ = import_rtx()
+pytestmark = pytest.mark.usefixtures("rtx_required")  # skip without tensorrt_rtx, fail under CI=true
 
 
 @pytest.fixture(scope="module")
