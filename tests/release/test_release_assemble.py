@@ -22,7 +22,7 @@ from provisioning.release.assemble import assemble_release
 from provisioning.release.format import BackboneVariants, Release
 from provisioning.remote.localstore import LocalRemoteStore
 from provisioning.remote.store import RemoteStore
-from tests.remote.conftest import free_port
+from tests.remote.conftest import forged_record, free_port
 
 from .conftest import CREATED, KEY_ID, doit, file_remote, make_builder, make_ed25519_keys, reader
 from .test_release_format import _variant
@@ -139,11 +139,12 @@ def test_entries_of_other_onnx_other_keys_or_bad_records_are_left_out(fleet, tmp
     stranger = make_builder(tmp_path, "stranger", models, file_remote(bucket, stranger_keys))
     host = probe_host_for(load_config(stranger.config_path), "onnxruntime")
     assert stranger.build(host=replace(host, cpu_flags=("sse4_2",))).built == 2
-    # A commit record whose signature no longer matches (edited in the bucket).
+    # A commit record whose fields are intact but whose signature no key made.
     before = load_release(_release_of(here, tmp_path, name="before.json")[1], [reader(fleet_keys)], "prod")
     victim = next(v for v in before.variants() if v.model_name == "cls" and "-avx2-" in v.host_key)
     record = bucket / victim.entry.base / victim.entry.commit
-    record.write_bytes(record.read_bytes().replace(b"engine ", b"engine  ", 1))
+    body = record.read_bytes()
+    record.write_bytes(forged_record(body[:body.rfind(b"signature ")], KEY_ID, b"\0" * 64))
     # det's ONNX changes: every det entry is of yesterday's inputs now.
     model = onnx.load(str(models / "det.onnx"))
     model.doc_string = "retrained"
@@ -229,3 +230,27 @@ def test_a_release_lists_backbones_without_variants_so_a_pull_can_say_so(tmp_pat
     release = load_release(out, [reader(fleet_keys)], "prod")
     assert release.model_names == ("cls", "det") and all(not b.variants for b in release.backbones)
     assert Path(out).read_bytes().endswith(b"}\n")
+
+
+def test_entries_of_another_namespace_or_with_a_swapped_manifest_are_left_out(fleet, tmp_path, fleet_keys):
+    here, _, bucket = fleet
+    import yaml
+
+    staging = yaml.safe_load(here.config_path.read_text())
+    staging["remote"]["namespace"] = "staging"
+    (tmp_path / "staging.yaml").write_text(yaml.safe_dump(staging))
+    assembly = assemble_release(load_config(tmp_path / "staging.yaml"), CREATED)
+    assert all(not b.variants for b in assembly.release.backbones)
+    assert len(assembly.notes) == 4 and all("belongs to namespace 'prod', not 'staging'" in n for n in assembly.notes)
+
+    before = assemble_release(load_config(here.config_path), CREATED).release
+    victim = before.backbone("det").variants[0]
+    manifest = bucket / victim.entry.base / victim.entry.manifest
+    document = json.loads(manifest.read_bytes())
+    document["build"]["notes"] = {"validation": {"passed": True}}  # a claim nobody signed
+    manifest.write_bytes(json.dumps(document).encode())
+    after = assemble_release(load_config(here.config_path), CREATED)
+    assert [v.host_key for v in after.release.backbone("det").variants] == [
+        v.host_key for v in before.backbone("det").variants if v is not victim]
+    assert after.notes == (f"{victim.entry.base}: left out, it does not verify (manifest part is missing or does "
+                           "not match its commit record)",)
