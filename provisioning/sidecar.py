@@ -29,6 +29,7 @@ SIDECAR_SUFFIX = ".sha256"
 _SIDECAR_RE = re.compile(r"([0-9a-f]{64}) [ *](.+)\n?")
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 Payload = Union[bytes, bytearray, memoryview, Path]
 
@@ -65,11 +66,17 @@ def hash_file(path: str | os.PathLike[str]) -> str:
 
 
 def open_nofollow(path: str | os.PathLike[str]) -> int:
-    """Open a regular file read-only without following a symlink at its last component."""
-    fd = os.open(os.fspath(path), os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+    """Open a regular file read-only, never through a symlink at its last component, never blocking.
+
+    The open is non-blocking, so a FIFO (or a device) planted where a file belongs returns at
+    once instead of waiting forever for a writer; anything but a regular file is refused
+    (``OSError`` EISDIR, "not a regular file"); then O_NONBLOCK is cleared for ordinary reads.
+    """
+    fd = os.open(os.fspath(path), os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise IsADirectoryError(errno.EISDIR, "not a regular file", os.fspath(path))
+        os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise

@@ -116,7 +116,7 @@ def test_symlink_at_a_temporary_path_is_never_written_through(tmp_path: Path, mo
     Sha256Sidecar.path_for(engines["det"]).unlink()  # det must be rebuilt
     outside = tmp_path / "outside"
     outside.mkdir()
-    monkeypatch.setattr("provisioning.sidecar.secrets.token_hex", lambda n: "0badc0de")
+    monkeypatch.setattr("provisioning.tempnames.secrets.token_hex", lambda n: "0badc0de")
     for target in (engines["det"], manifest_path_for(engines["det"]), Sha256Sidecar.path_for(engines["det"])):
         victim = outside / target.name
         victim.write_bytes(b"victim\n")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioning import sidecar
+from provisioning import sidecar, tempnames
 from provisioning.errors import UnsafePathError
 from provisioning.sidecar import (
     TEMP_SUFFIX,
@@ -65,7 +65,7 @@ def test_other_names_are_not_temporary(name):
 
 def _predictable_tokens(monkeypatch, *tokens: str) -> None:
     queue = list(tokens)
-    monkeypatch.setattr(sidecar.secrets, "token_hex", lambda n: queue.pop(0) if len(queue) > 1 else queue[0])
+    monkeypatch.setattr(tempnames.secrets, "token_hex", lambda n: queue.pop(0) if len(queue) > 1 else queue[0])
 
 
 @pytest.mark.parametrize("plant", ["file", "symlink"])
