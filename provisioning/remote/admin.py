@@ -14,12 +14,16 @@ gc touches only what its own corpus could have made, and says how it decided:
 - superseded entries: same host key and a model of this corpus, other inputs, *and* a
   manifest whose ``build.corpus`` is this config's ``remote.corpus``. Without
   ``remote.corpus`` such entries are kept and listed, since another corpus sharing the
-  bucket (or a roll-out in progress) may be using them;
+  bucket (or a roll-out in progress) may be using them. Only a commit record that
+  verifies under this host's keys (an unsigned one only where unsigned entries are
+  accepted), and the manifest part whose SHA-256 it names, decide whose an entry is: a
+  bucket writer without a key cannot make gc delete another corpus's entries;
 - host keys no read-write client has touched for ``host_max_age_days``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -28,7 +32,8 @@ from typing import Iterable
 from ..schema import EngineFilenameSchema
 from .layout import COMMIT_DIR, ENGINE_DIR, LEASE, MANIFEST_DIR, EntryPaths
 from .lease import read_lease
-from .signing import MAX_COMMIT_BYTES, UNSIGNED, Unverified, parse_body, split_record
+from .commit_lookup import verify_record
+from .signing import MAX_COMMIT_BYTES, UNSIGNED, KeyRing, Unverified, parse_body, split_record
 from .errors import RemoteContentError, shown
 from .objectstore import SEEN, ObjectStore, modified_epoch
 
@@ -85,12 +90,16 @@ def plan_remote_gc(
     now: float | None = None,
     lease_s: float = 30.0,
     corpus: str | None = None,
+    keys: KeyRing | None = None,
+    namespace: str = "default",
+    accepts_unsigned: bool = True,
 ) -> RemoteGcPlan:
     """Plan removals for this host key's entries, and for host keys not seen for ``host_max_age_s``.
 
     ``current`` are today's ``(engine name, inputs digest)`` pairs of the corpus on this
     host; ``corpus`` is ``remote.corpus`` (None: superseded entries cannot be told from
-    another corpus's, so they are kept).
+    another corpus's, so they are kept). ``keys``, ``namespace`` and ``accepts_unsigned``
+    are the remote's trust policy: only records that verify under it decide ownership.
     """
     now = time.time() if now is None else now
     current = set(current)
@@ -130,7 +139,7 @@ def plan_remote_gc(
             if now - newest > _STALE_S:
                 reason = "abandoned upload (no commit record for over an hour)"
         elif _model(name) in models:
-            owner = _recorded_corpus(store, paths, commits, timeout_s)
+            owner = _recorded_corpus(store, paths, commits, timeout_s, _Trust(keys, namespace, accepts_unsigned))
             if corpus is not None and owner == corpus:
                 reason = f"superseded: corpus {corpus!r} builds this model from other inputs now (manifest build.corpus)"
             else:
@@ -199,16 +208,37 @@ def _record(store: ObjectStore, paths: EntryPaths, key_id: str, timeout_s: float
         return None
 
 
-def _recorded_corpus(store: ObjectStore, paths: EntryPaths, commits: dict[str, dict], timeout_s: float) -> str | None:
-    """``build.corpus`` of the manifest an entry's first readable commit record names."""
-    for key_id in sorted(commits, key=lambda k: k == UNSIGNED):
-        record = _record(store, paths, key_id, timeout_s)
-        if record is None:
-            continue
+@dataclass(frozen=True)
+class _Trust:
+    """The records that may decide whose an entry is: those that verify under these keys."""
+
+    keys: KeyRing | None
+    namespace: str
+    accepts_unsigned: bool
+
+    def ids(self, host_key: str) -> list[str]:
+        ids = self.keys.ids_for(host_key) if self.keys is not None else []
+        return ids + [UNSIGNED] if self.accepts_unsigned else ids
+
+
+def _recorded_corpus(store: ObjectStore, paths: EntryPaths, commits: dict[str, dict], timeout_s: float,
+                     trust: _Trust) -> str | None:
+    """``build.corpus`` of the manifest named by an entry's first record that verifies under ``trust``.
+
+    An unverified record, or a manifest part whose bytes are not the ones the record
+    names, decides nothing: anyone who can write to the bucket could have made them.
+    """
+    for key_id in [k for k in trust.ids(paths.host_key) if k in commits]:
         try:
-            blob = store.read_small(paths.manifest(record.manifest_sha256), _MAX_MANIFEST, timeout_s)
-            document = json.loads(blob) if blob else None
-        except (RemoteContentError, ValueError, RecursionError):
+            blob = store.read_small(paths.commit(key_id), MAX_COMMIT_BYTES, timeout_s)
+            if blob is None:
+                continue
+            record = verify_record(trust.keys, trust.namespace, paths, key_id, blob)
+            manifest = store.read_small(paths.manifest(record.manifest_sha256), _MAX_MANIFEST, timeout_s)
+            if manifest is None or hashlib.sha256(manifest).hexdigest() != record.manifest_sha256:
+                continue
+            document = json.loads(manifest)
+        except (Unverified, RemoteContentError, ValueError, RecursionError):
             continue
         build = document.get("build") if isinstance(document, dict) else None
         value = build.get("corpus") if isinstance(build, dict) else None

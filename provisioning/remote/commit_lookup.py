@@ -74,20 +74,7 @@ class CommitLookup:
 
     def _verify(self, paths: EntryPaths, key_id: str, record: bytes) -> Commit:
         """Signature over the raw record first, then its fields against the entry asked for."""
-        if key_id == UNSIGNED:
-            body, algorithm, _, _ = split_record(record)
-            if algorithm != "none":
-                raise Unverified("unsigned commit record carries a signature")
-        else:
-            body, _ = self.keys.verify(record, key_id)
-        commit = parse_body(body, record, key_id)
-        if (commit.host_key, commit.engine_name, commit.inputs_digest) != (paths.host_key, paths.engine_name,
-                                                                            paths.digest):
-            raise Unverified("commit record names another entry (moved or copied)")
-        if commit.namespace != self.config.namespace:
-            raise Unverified(f"entry belongs to namespace {shown(commit.namespace)}, this host's is "
-                             f"{self.config.namespace!r}")
-        return commit
+        return verify_record(self.keys, self.config.namespace, paths, key_id, record)
 
     def _untrusted_note(self, paths: EntryPaths, model_name: str) -> None:
         """When nothing this host trusts is there, say whether records of other keys are."""
@@ -101,3 +88,27 @@ class CommitLookup:
                         "locally (a key rotation? add the key to remote.trusted_keys)", paths.display(),
                         ", ".join(shown(n, 64) for n in names[:4]), model_name,
                         extra={"event": "remote_untrusted", "model_name": model_name})
+
+
+def verify_record(keys: KeyRing | None, namespace: str, paths: EntryPaths, key_id: str, record: bytes) -> Commit:
+    """The commit record ``record`` of ``key_id`` checked: signature over the raw bytes first, then its fields.
+
+    Unverified unless it is signed by ``key_id`` of ``keys`` (or is a knowingly unsigned
+    record under the name ``unsigned``), names the entry at ``paths`` and belongs to
+    ``namespace``. Whether unsigned records are acceptable at all is the caller's policy.
+    """
+    if key_id == UNSIGNED:
+        body, algorithm, _, _ = split_record(record)
+        if algorithm != "none":
+            raise Unverified("unsigned commit record carries a signature")
+    elif keys is None:
+        raise Unverified(f"commit record {shown(key_id)} is signed, and this host holds no key")
+    else:
+        body, _ = keys.verify(record, key_id)
+    commit = parse_body(body, record, key_id)
+    if (commit.host_key, commit.engine_name, commit.inputs_digest) != (paths.host_key, paths.engine_name,
+                                                                        paths.digest):
+        raise Unverified("commit record names another entry (moved or copied)")
+    if commit.namespace != namespace:
+        raise Unverified(f"entry belongs to namespace {shown(commit.namespace)}, this host's is {namespace!r}")
+    return commit

@@ -96,7 +96,8 @@ class EntryFetch:
             raise Unverified(f"engine is {size} bytes, over remote.max_engine_bytes {cfg.max_engine_bytes}")
         try:
             manifest_blob = store.read_small(paths.manifest(commit.manifest_sha256), MAX_MANIFEST_BYTES, cfg.timeout_s)
-        except RemoteContentError as exc:
+        except RemoteContentError as exc:  # a folder, a link, a FIFO or oversized: garbage under its name
+            self._bad_parts.add(paths.manifest(commit.manifest_sha256))
             raise Unverified(f"manifest part {exc}") from None
         if manifest_blob is None:
             raise Unverified("manifest part is missing")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import shutil
 import stat
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -32,6 +33,8 @@ _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_NOFOLLOW | _O_CLOE
 _READ_FLAGS = os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK
 _NOT_FOLLOWED = (errno.ELOOP, errno.ENOTDIR, errno.EMLINK)  # EMLINK: FreeBSD's O_NOFOLLOW on a link
 _NO_LINK = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV)
+# a folder where an object belongs (rename over it, unlink it): bad content, removed and replaced
+_IN_THE_WAY = (errno.EISDIR, errno.ENOTEMPTY, errno.ENOTDIR, errno.EPERM)
 _CHUNK = 4 << 20
 
 
@@ -131,7 +134,12 @@ class LocalRemoteStore(ObjectStore):
                     finally:
                         os.close(fd)
                     if not exclusive:
-                        os.rename(tmp, parts[-1], src_dir_fd=folder, dst_dir_fd=folder)
+                        try:
+                            os.rename(tmp, parts[-1], src_dir_fd=folder, dst_dir_fd=folder)
+                        except OSError as exc:
+                            if exc.errno not in _IN_THE_WAY or not _remove_folder(folder, parts[-1]):
+                                raise
+                            os.rename(tmp, parts[-1], src_dir_fd=folder, dst_dir_fd=folder)
                         return True
                     try:  # link() fails if anything (a link included) is there: create-if-absent
                         os.link(tmp, parts[-1], src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
@@ -279,7 +287,11 @@ class LocalRemoteStore(ObjectStore):
                 parts = self._parts(path)
                 try:
                     with self._folder(parts[:-1], create=False) as folder:
-                        os.unlink(parts[-1], dir_fd=folder)  # removes a link itself, never its target
+                        try:
+                            os.unlink(parts[-1], dir_fd=folder)  # removes a link itself, never its target
+                        except OSError as exc:  # a folder where an object belongs: removed too
+                            if exc.errno not in _IN_THE_WAY or not _remove_folder(folder, parts[-1]):
+                                raise
                 except (FileNotFoundError, RemoteContentError):
                     pass  # absent, or under a link: nothing of ours to delete
                 except OSError as exc:
@@ -352,6 +364,22 @@ class LocalRemoteStore(ObjectStore):
             return found
 
         return self._bounded(now, timeout, "list")
+
+
+def _remove_folder(parent: int, name: str) -> bool:
+    """Remove the folder ``name`` below ``parent`` with everything in it; False when it is not a folder.
+
+    A folder where an object belongs is bad content (a careless copy, an attacker): it is
+    deleted so that the object can be written, without following any link inside it
+    (shutil.rmtree with ``dir_fd`` walks by descriptors and unlinks links themselves).
+    """
+    try:
+        if not stat.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+            return False
+    except FileNotFoundError:
+        return True
+    shutil.rmtree(name, dir_fd=parent)
+    return True
 
 
 def file_tag(st: os.stat_result) -> str:

@@ -100,11 +100,13 @@ def remote_gc(config: ProvisioningConfig, host_keys: Iterable[str], current: Ite
         raise ConfigError(f"{config.config_path}: field 'remote.mode': is {remote.mode}; "
                           "engines-gc --remote --apply needs read-write")
     store = RemoteStore.open(remote)
+    ring = key_ring(remote)
     current = list(current)
     keys = sorted(set(host_keys))
     plans = [plan_remote_gc(store, key, current, host_max_age_s=remote.host_max_age_days * _DAY_S,
                             timeout_s=remote.timeout_s, now=time.time() if now is None else now,
-                            lease_s=remote.lease_s, corpus=remote.corpus)
+                            lease_s=remote.lease_s, corpus=remote.corpus, keys=ring, namespace=remote.namespace,
+                            accepts_unsigned=ring is None or not remote.require_signature)
              for key in keys]
     # Several own host keys (e.g. TensorRT compatibility levels): none of them is a stale host.
     items, seen = [], set()
