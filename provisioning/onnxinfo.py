@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .onnxwire import _STRIP_FROM, _without_inline_weights, external_data_locations
 from .sidecar import create_temp, hash_fd, open_nofollow, stat_signature, write_all
 
 INSPECT_DIR = ".inspect"
@@ -120,112 +121,6 @@ def _parse_model(onnx, path: Path, decode_error: type[Exception]):
     return model
 
 
-# Models at least this big are parsed without the bytes of their large inline initialisers:
-# the inspection reads only the graph's inputs, the initialisers' names and their external
-# data entries, and parsing (copying) 100 MB of weights took ~0.16 s per model of a cold run.
-_STRIP_FROM = 16 << 20
-_BIG_TENSOR = 4096  # an initialiser message longer than this loses its data fields
-_TENSOR_DATA_FIELDS = frozenset({4, 5, 6, 7, 9, 10, 11})  # TensorProto float/int32/string/int64/raw/double/uint64
-_MAX_FIELDS = 200_000  # beyond this the walk in Python (~1 us a field) would cost more than it saves
-_MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5  # ModelProto.graph, GraphProto.initializer
-_GRAPH_KEY, _INITIALIZER_KEY = bytes([_MODEL_GRAPH << 3 | 2]), bytes([_GRAPH_INITIALIZER << 3 | 2])
-
-
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _varint_bytes(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-class _Budget:
-    """Fields the walk may still visit: past that it stops, and the file is parsed in full."""
-
-    def __init__(self, fields: int) -> None:
-        self.left = fields
-
-    def spend(self) -> None:
-        self.left -= 1
-        if self.left < 0:
-            raise ValueError("too many fields to walk")
-
-
-def _fields(buf: memoryview, start: int, end: int, budget: _Budget):
-    """``(number, wire type, field start, value start, value end)`` of each field in ``buf[start:end]``."""
-    pos = start
-    while pos < end:
-        budget.spend()
-        key, value_at = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value_end = _varint(buf, value_at)[1]
-        elif wire == 1:
-            value_end = value_at + 8
-        elif wire == 2:
-            length, value_at = _varint(buf, value_at)
-            value_end = value_at + length
-        elif wire == 5:
-            value_end = value_at + 4
-        else:  # groups (3, 4) or garbage: let the real parser decide
-            raise ValueError(f"wire type {wire}")
-        if number == 0 or value_end > end:
-            raise ValueError("truncated field")
-        yield number, wire, pos, value_at, value_end
-        pos = value_end
-
-
-def _without_inline_weights(view: memoryview) -> bytearray | None:
-    """The model's bytes with the data fields of its large initialisers left out; None: parse it all.
-
-    Every other byte is kept in order, so the parse gives the same inputs, initialiser names
-    and external data entries. Anything unusual (a repeated graph field, groups, a malformed
-    field, more than 200,000 fields) answers None, and the whole file is parsed as before.
-    """
-    try:
-        out, graphs, budget = bytearray(), 0, _Budget(_MAX_FIELDS)
-        for number, wire, start, value_at, value_end in _fields(view, 0, len(view), budget):
-            if number != _MODEL_GRAPH or wire != 2:
-                out += view[start:value_end]
-                continue
-            graphs += 1
-            graph = _graph_without_weights(view, value_at, value_end, budget)
-            if graphs > 1:
-                return None
-            out += _GRAPH_KEY + _varint_bytes(len(graph)) + graph
-        return out
-    except (IndexError, ValueError):
-        return None
-
-
-def _graph_without_weights(view: memoryview, start: int, end: int, budget: _Budget) -> bytearray:
-    out = bytearray()
-    for number, wire, field_start, value_at, value_end in _fields(view, start, end, budget):
-        if number != _GRAPH_INITIALIZER or wire != 2 or value_end - value_at <= _BIG_TENSOR:
-            out += view[field_start:value_end]
-            continue
-        tensor = bytearray()
-        for t_number, t_wire, t_start, _, t_end in _fields(view, value_at, value_end, budget):
-            if not (t_number in _TENSOR_DATA_FIELDS and t_wire == 2):
-                tensor += view[t_start:t_end]
-        out += _INITIALIZER_KEY + _varint_bytes(len(tensor)) + tensor
-    return out
-
-
 def _stat_signature(path: Path) -> list[int] | None:
     try:
         return stat_signature(os.stat(path))
@@ -253,7 +148,11 @@ def cached_inspection(path: Path, cache_dir: Path) -> OnnxInfo | None:
     """A previous inspection of ``path`` if the file is unchanged (same size, mtimes, inode).
 
     Parsing a large ONNX costs far more than a warm run should; the record is only a
-    shortcut: any change of the file, or a missing external data file, means re-inspecting.
+    shortcut: any change of the file means re-inspecting. Anyone who can write the cache
+    folder can write a record, so its external data files are checked on every use, as an
+    inspection checks them (inside the model's folder, present, regular files), and must be
+    exactly those the model's bytes name (:func:`~provisioning.onnxwire.external_data_locations`,
+    a walk of field headers): a record cannot add a file outside, nor drop one.
     """
     if _inspect_dir_is_planted(cache_dir):
         return None
@@ -267,12 +166,23 @@ def cached_inspection(path: Path, cache_dir: Path) -> OnnxInfo | None:
         return None
     try:
         inputs = tuple(OnnxInput(i["name"], i["elem_type"], tuple(i["dims"])) for i in record["inputs"])
-        external = tuple(path.parent / name for name in record["external_data"])
+        names = [name for name in record["external_data"] if isinstance(name, str)]
+        if len(names) != len(record["external_data"]):
+            return None
     except (KeyError, TypeError):
         return None
-    if not all(e.is_file() for e in external):
-        return None
-    return OnnxInfo(path=path, inputs=inputs, external_data=external)
+    base = path.parent.resolve()
+    for name in names:
+        try:
+            outside, present = _located(base, name)
+        except (OSError, RuntimeError, ValueError):  # a NUL, a loop of links, a name too long
+            return None
+        if outside or not present:
+            return None
+    named = external_data_locations(path)
+    if named is None or {os.path.normpath(n) for n in named} != {os.path.normpath(n) for n in names}:
+        return None  # the record does not describe these bytes (or they cannot be read cheaply): inspect
+    return OnnxInfo(path=path, inputs=inputs, external_data=tuple(path.parent / name for name in names))
 
 
 # Inspections made before the cache folder existed (a first run): written by
@@ -355,9 +265,7 @@ def _external_data_files(model, path: Path, prefix: str) -> tuple[Path, ...]:
                 "byte; re-export the model"
             )
         try:  # a hostile model can name anything: over-long names, loops of symlinks
-            candidate = (base / location).resolve()
-            outside = os.path.isabs(location) or base not in candidate.parents
-            present = not outside and candidate.is_file()
+            outside, present = _located(base, location)
         except (OSError, RuntimeError) as exc:
             raise ConfigError(
                 f"{prefix}{path}: external data location {shown!r} of tensor {tensor.name!r} cannot be "
@@ -375,6 +283,13 @@ def _external_data_files(model, path: Path, prefix: str) -> tuple[Path, ...]:
             )
         files.setdefault(location, path.parent / location)
     return tuple(files[k] for k in sorted(files))
+
+
+def _located(base: Path, location: str) -> tuple[bool, bool]:
+    """``(outside, present)`` of an external data location: outside the model's (resolved) folder, a regular file."""
+    candidate = (base / location).resolve()
+    outside = os.path.isabs(location) or base not in candidate.parents
+    return outside, not outside and candidate.is_file()
 
 
 def onnx_digest(path: Path, external_data: tuple[Path, ...] = ()) -> str:

@@ -124,3 +124,66 @@ def test_full_verify_hashes_an_indexed_engine_even_when_its_stat_matches(project
     assert third.returncode == 0, third.stdout + third.stderr
     assert task_lines(third.stdout) == {"det": "."}, third.stdout  # not up to date: the engine was hashed
     assert Sha256Sidecar.check(engine).ok  # and rebuilt
+
+
+def _inspection_record(cache: Path, model: Path) -> Path:
+    from provisioning.onnxinfo import INSPECT_DIR
+
+    key = hashlib.sha256(os.fsencode(os.path.abspath(model))).hexdigest()[:24]
+    record = cache / INSPECT_DIR / f"{key}.json"
+    assert record.is_file(), sorted(p.name for p in (cache / INSPECT_DIR).iterdir())
+    return record
+
+
+def _emb_project(project) -> Path:
+    write_corpus_yaml(project.corpus, [{"model_name": "emb", "onnx": "models/emb.onnx", "precision": "fp32"}])
+    first = project.doit("engines")
+    assert first.returncode == 0, first.stdout + first.stderr
+    return project.corpus / "models" / "emb.onnx"
+
+
+def test_a_planted_inspection_naming_a_file_outside_the_model_folder_is_ignored(project, tmp_path):
+    """Issue 22 item 9: a record listing ../../outside-secret.txt as external data."""
+    from tests.integration.conftest import task_lines
+
+    model = _emb_project(project)
+    secret = tmp_path / "outside-secret.txt"
+    secret.write_text("the builder's secret")
+    record_path = _inspection_record(project.cache, model)
+    record = json.loads(record_path.read_text())
+    record["external_data"] = ["../../outside-secret.txt"]
+    record_path.write_text(json.dumps(record))
+    assert (model.parent / "../../outside-secret.txt").resolve() == secret.resolve()
+
+    info = project.doit("info", "engines:emb")
+    assert "outside-secret" not in info.stdout and "emb.onnx.data" in info.stdout, info.stdout
+    again = project.doit("engines")
+    assert task_lines(again.stdout) == {"emb": "--"}, again.stdout + again.stderr
+    assert json.loads(record_path.read_text())["external_data"] == ["emb.onnx.data"]  # inspected and rewritten
+
+
+def test_a_planted_inspection_that_drops_the_weights_does_not_make_changed_weights_up_to_date(project):
+    """Issue 22 item 9: a record without emb.onnx.data; the weights then change."""
+    from provisioning.onnxinfo import onnx_digest
+
+    from tests.integration.conftest import task_lines
+
+    model = _emb_project(project)
+    data = model.parent / "emb.onnx.data"
+    record_path = _inspection_record(project.cache, model)
+    record = json.loads(record_path.read_text())
+    assert record["external_data"] == ["emb.onnx.data"]
+    record["external_data"] = []
+    record_path.write_text(json.dumps(record))
+    assert project.doit("engines").returncode == 0
+    if json.loads(record_path.read_text())["external_data"] == ["emb.onnx.data"]:
+        record_path.write_text(json.dumps(record))  # planted again after this host rewrote it
+
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 1
+    data.write_bytes(raw)
+    changed = project.doit("engines")
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    assert task_lines(changed.stdout) == {"emb": "."}, changed.stdout  # the changed weights were seen
+    manifest = json.loads(next(project.cache.glob("*.engine.manifest.json")).read_text())
+    assert manifest["inputs"]["onnx_sha256"] == onnx_digest(model, (data,))
