@@ -16,14 +16,21 @@ sidecar matches its bytes and its manifest matches today's build inputs.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from filelock import FileLock
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover (not POSIX)
+    fcntl = None  # type: ignore[assignment]
 
 from .backends.open import open_engine
 from .errors import CacheError, UnsafePathError
@@ -36,7 +43,7 @@ from .manifest import (
     read_manifest,
 )
 from .schema import BUILD_LOG_SUFFIX, COMMIT_SUFFIX, EVENTS_FILE, LOCK_DIR, EngineFilenameSchema
-from .sidecar import SIDECAR_SUFFIX, Sha256Sidecar, Verification
+from .sidecar import SIDECAR_SUFFIX, Sha256Sidecar, Verification, open_nofollow
 from .verify import record_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,6 +52,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 COMPANION_SUFFIXES = (SIDECAR_SUFFIX, MANIFEST_SUFFIX, BUILD_LOG_SUFFIX, COMMIT_SUFFIX)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 log = logging.getLogger("provisioning.cache")
 
 
@@ -187,29 +196,97 @@ def lock_path_for(engine_path: Path) -> Path:
 def engine_lock(engine_path: Path) -> FileLock:
     """An inter-process lock for one canonical engine (only avoids duplicate work).
 
-    UnsafePathError when something planted a symlink at the lock's path: the lock file is
-    opened without following it, so it could never be taken, and the error says what to do.
+    UnsafePathError when something planted a symlink, a hard link or a FIFO at the lock's
+    path (or a symlink at the lock folder): see :func:`safe_lock`.
     """
-    path = lock_path_for(engine_path)
-    if os.path.islink(path):
-        raise UnsafePathError(
-            f"lock file {path} is a symlink (not followed; nothing in the cache creates one); remove it"
-        )
-    return FileLock(str(path))
+    return safe_lock(lock_path_for(engine_path))
 
 
 def lock_is_held(engine_path: Path) -> bool:
-    """True when a live process holds the build lock of ``engine_path`` right now."""
-    path = lock_path_for(engine_path)
-    if not path.exists():
-        return False
-    probe = FileLock(str(path), timeout=0)
+    """True when a live process holds the build lock of ``engine_path`` right now (see :func:`lock_held`)."""
+    return lock_held(lock_path_for(engine_path))
+
+
+def check_lock_path(path: str | os.PathLike[str]) -> None:
+    """UnsafePathError unless ``path`` can be used as a lock file without touching anything else.
+
+    Usable: absent, or a regular file with a single link, in a folder that is not a symlink.
+    A symlink, a hard link (a second name of a file that may live outside the cache) or a
+    FIFO is refused with one line saying to remove it: opening it for a lock would create,
+    truncate or block on something that is not the cache's. Nothing is created here.
+    """
+    fd = _open_lock_probe(Path(path))
+    if fd is not None:
+        os.close(fd)
+
+
+def _open_lock_probe(path: Path) -> int | None:
+    """A read-only descriptor of an existing, safe lock file (None: absent); UnsafePathError otherwise."""
+    if os.path.islink(path.parent):
+        raise UnsafePathError(f"lock folder {path.parent} is a symlink (not followed; nothing in the cache creates "
+                              "one); remove it")
     try:
-        probe.acquire(timeout=0)
-    except Exception:
-        return True
-    probe.release()
-    return False
+        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        if os.path.islink(path):
+            raise UnsafePathError(f"lock file {path} is a symlink (not followed; nothing in the cache creates one); "
+                                  "remove it") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePathError(f"lock file {path} is not a regular file (a FIFO or a device; nothing in the cache "
+                                  "creates one); not used; remove it")
+        if st.st_nlink > 1:
+            raise UnsafePathError(f"lock file {path} has {st.st_nlink} hard links (another name of a file that may "
+                                  "live outside the cache; nothing in the cache creates one); not used; remove it")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def safe_lock(path: str | os.PathLike[str], timeout: float = -1) -> FileLock:
+    """The one way this package opens a lock file: a FileLock, after :func:`check_lock_path`.
+
+    filelock itself opens the file with O_NOFOLLOW (the floor in pyproject.toml), so a link
+    planted between the check and the open is refused by the open.
+    """
+    check_lock_path(path)
+    return FileLock(os.fspath(path), timeout=timeout)
+
+
+def lock_held(path: str | os.PathLike[str]) -> bool:
+    """True when a live process holds the lock at ``path``; creates, truncates and follows nothing.
+
+    Probes with a non-blocking flock on a read-only descriptor of the existing file (an
+    absent file is not held); UnsafePathError as :func:`check_lock_path`.
+    """
+    path = Path(path)
+    fd = _open_lock_probe(path)
+    if fd is None:
+        return False
+    try:
+        if fcntl is None:  # pragma: no cover (no flock: ask filelock, which creates nothing that exists)
+            probe = FileLock(os.fspath(path), timeout=0)
+            try:
+                probe.acquire(timeout=0)
+            except Exception:
+                return True
+            probe.release()
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return True
+            raise
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def append_event(cache_dir: Path, record: Mapping[str, Any]) -> None:
@@ -221,13 +298,20 @@ def append_event(cache_dir: Path, record: Mapping[str, Any]) -> None:
     line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
     path = cache_dir / EVENTS_FILE
     try:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _O_NOFOLLOW, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC, 0o644)
     except OSError as exc:
         why = "it is a symlink; not followed" if os.path.islink(path) else exc.strerror or exc
         log.warning("cannot append to %s (%s); event not recorded", path, why)
         return
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:  # a FIFO, or a second name of an outside file
+            why = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"it has {st.st_nlink} hard links"
+            log.warning("cannot append to %s (%s; nothing in the cache makes one; remove it); event not recorded",
+                        path, why)
+            return
+        os.set_blocking(fd, True)
+        size = st.st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line
         os.write(fd, line)
@@ -239,9 +323,9 @@ def append_event(cache_dir: Path, record: Mapping[str, Any]) -> None:
 
 def read_events(cache_dir: Path) -> list[dict[str, Any]]:
     """Every well-formed event in the log (a torn last line is skipped)."""
-    path = cache_dir / EVENTS_FILE
     try:
-        raw = path.read_bytes()
+        with os.fdopen(open_nofollow(cache_dir / EVENTS_FILE), "rb") as handle:  # no link, no FIFO
+            raw = handle.read()
     except OSError:
         return []
     events = []

@@ -8,12 +8,17 @@ touching anything, so a dry run is free; :meth:`GcPlan.execute` deletes. Garbage
 - superseded engines of this host (an old builder version or old settings, a removed backbone),
 - leftover temporary files and scratch folders ``.<name>.<pid>.<token>.incomplete`` whose
   owner process is dead,
-- orphan sidecars and manifests whose engine is gone,
+- orphan sidecars and manifests whose engine is gone, and the lock files in ``.locks/`` of
+  engines that are gone (unless a live process holds them: a build in progress),
 - with a size budget, the least recently used remaining engines (access or modification
   time, whichever is later: a reuse reads the engine) until the cache fits.
 
 An engine whose build lock a live process holds is never deleted; at deletion time the
-lock is taken (without waiting) so no build can start on an engine being removed.
+lock is taken (without waiting) so no build can start on an engine being removed, and its
+lock file goes with it. Lock files are opened only through :func:`provisioning.cache.safe_lock`
+and probed through :func:`~provisioning.cache.lock_held`: a symlinked ``.locks`` folder or a
+link or FIFO at a lock path is refused with one line (UnsafePathError), never followed.
+A plan lists only paths that exist.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
-from .cache import COMPANION_SUFFIXES, LOCK_DIR, entry_files, lock_is_held, lock_path_for
+from .cache import COMPANION_SUFFIXES, LOCK_DIR, entry_files, lock_held, lock_is_held, lock_path_for, safe_lock
+from .errors import UnsafePathError
 from .schema import ENGINE_SUFFIX, EngineFilenameSchema, ParsedEngineName
 from .sidecar import is_temp_name, temp_owner_pid
 
@@ -50,6 +56,10 @@ class CachedEngine:
         """Sidecar first (the commit point), the engine, its companions, its verification record."""
         return entry_files(self.path)
 
+    def existing_files(self) -> tuple[Path, ...]:
+        """:attr:`files` that exist now, then the lock file if it exists: what deleting the engine removes."""
+        return tuple(p for p in (*self.files, lock_path_for(self.path)) if os.path.lexists(p))
+
 
 @dataclass(frozen=True)
 class LeftoverFile:
@@ -57,7 +67,7 @@ class LeftoverFile:
 
     path: Path
     size: int
-    kind: str  # "temp" or "orphan"
+    kind: str  # "temp", "orphan" or "lock" (owner_alive: a live process holds it)
     owner_pid: int | None = None
     owner_alive: bool = False
 
@@ -84,6 +94,7 @@ class GcItem:
     size: int
     reason: str
     engine: CachedEngine | None = None
+    lock: bool = False  # a lock file of an engine that is gone: removed while holding it
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,12 @@ class GcPlan:
         skipped: list[str] = []
         freed = 0
         for item in self.items:
-            if item.engine is None:
+            if item.engine is None and item.lock:
+                removed = _remove_lock_file(item.paths[0])
+                if removed is None:
+                    skipped.append(f"{item.paths[0].name}: a live process took this lock meanwhile; kept")
+                    continue
+            elif item.engine is None:
                 removed = [p for p in item.paths if _remove(p)]
             else:
                 removed = _remove_engine(item.engine)
@@ -142,7 +158,7 @@ def scan_cache(cache_dir: Path) -> CacheScan:
         return CacheScan(cache_dir)
     names = {e.name for e in entries}
     engines: list[CachedEngine] = []
-    leftovers: list[LeftoverFile] = []
+    leftovers: list[LeftoverFile] = _orphan_locks(cache_dir / LOCK_DIR, names)
     for entry in entries:
         name = entry.name
         if name == LOCK_DIR:
@@ -169,6 +185,32 @@ def scan_cache(cache_dir: Path) -> CacheScan:
     return CacheScan(cache_dir, tuple(engines), tuple(leftovers))
 
 
+def _orphan_locks(locks: Path, names: set[str]) -> list[LeftoverFile]:
+    """The lock files in ``.locks`` of engines not in the cache (held ones marked ``owner_alive``).
+
+    UnsafePathError when ``.locks`` is a symlink: builds refuse it, and so does GC.
+    """
+    if os.path.islink(locks):
+        raise UnsafePathError(f"lock folder {locks} is a symlink (not followed; nothing in the cache creates one); "
+                              "remove it (the lock folder must be inside the cache)")
+    try:
+        entries = list(os.scandir(locks))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = []
+    for entry in entries:
+        engine = entry.name.removesuffix(".lock")
+        if engine == entry.name or engine in names or not engine.endswith(ENGINE_SUFFIX):
+            continue
+        try:
+            EngineFilenameSchema.parse(engine)
+        except ValueError:
+            continue  # another kind of lock (timing cache, GPU): not an engine's
+        path = Path(entry.path)
+        found.append(LeftoverFile(path, _size(entry), "lock", owner_alive=lock_held(path)))
+    return found
+
+
 def plan_gc(
     scan: CacheScan,
     *,
@@ -188,7 +230,10 @@ def plan_gc(
     kept: list[CachedEngine] = []
     locked: list[CachedEngine] = []
     for leftover in scan.leftovers:
-        if leftover.kind == "temp":
+        if leftover.kind == "lock":
+            if not leftover.owner_alive:
+                items.append(GcItem((leftover.path,), leftover.size, "lock file of an engine that is gone", lock=True))
+        elif leftover.kind == "temp":
             if leftover.owner_alive:
                 continue
             owner = "no owner pid" if leftover.owner_pid is None else f"owner pid {leftover.owner_pid} is gone"
@@ -202,9 +247,9 @@ def plan_gc(
         elif engine.locked:
             locked.append(engine)
         elif key in host_keys:
-            items.append(GcItem(engine.files, engine.size, "superseded build of this host", engine))
+            items.append(GcItem(engine.existing_files(), engine.size, "superseded build of this host", engine))
         else:
-            items.append(GcItem(engine.files, engine.size, f"engine of another host ({key})", engine))
+            items.append(GcItem(engine.existing_files(), engine.size, f"engine of another host ({key})", engine))
     notes = []
     if max_size is not None:
         size = sum(e.size for e in kept) + sum(e.size for e in locked)
@@ -214,7 +259,8 @@ def plan_gc(
             if engine.locked:
                 notes.append(f"{engine.path.name}: kept over the size budget, locked by a live process")
                 continue
-            items.append(GcItem(engine.files, engine.size, "over the size budget (least recently used)", engine))
+            items.append(GcItem(engine.existing_files(), engine.size, "over the size budget (least recently used)",
+                                engine))
             size -= engine.size
     if max_size is not None and scan.total_bytes - sum(i.size for i in items) > max_size:
         notes.append("the budget cannot be met without deleting locked engines or files in use")
@@ -231,16 +277,35 @@ def parse_size(text: str) -> int:
 
 
 def _remove_engine(engine: CachedEngine) -> list[Path] | None:
+    """Delete an engine's files, then its lock file, holding that lock; None when a live process holds it."""
     lock_path = lock_path_for(engine.path)
     if not lock_path.parent.is_dir():
         return [p for p in engine.files if _remove(p)]
-    lock = FileLock(str(lock_path), timeout=0)
+    return _holding(lock_path, lambda: [p for p in engine.files if _remove(p)])
+
+
+def _remove_lock_file(path: Path) -> list[Path] | None:
+    """Remove the lock file of an engine that is gone, holding it; None when a live process holds it."""
+    return _holding(path, lambda: [])
+
+
+def _holding(lock_path: Path, remove) -> list[Path] | None:
+    """Run ``remove()`` holding the lock at ``lock_path`` (not waiting), then delete the lock file itself.
+
+    The lock file goes while it is still held: a builder that opened it meanwhile and waits
+    for it locks a deleted file, so at worst two builders build the same engine (the
+    publish is atomic; the lock only avoids duplicate work).
+    """
+    lock = safe_lock(lock_path, timeout=0)
     try:
         lock.acquire()
     except Timeout:
         return None
     try:
-        return [p for p in engine.files if _remove(p)]
+        removed = remove()
+        if _remove(lock_path):
+            removed.append(lock_path)
+        return removed
     finally:
         lock.release()
 
