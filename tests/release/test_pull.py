@@ -5,6 +5,8 @@ The serving host has no corpus, no ONNX and no dodo.py: only serving.yaml and th
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -140,6 +142,9 @@ def test_verify_stat_trusts_an_unchanged_engine_and_full_finds_a_damaged_one(kit
     first = pull_release(release, config, host=host, models=["det"])
     path = first.lines[0].path
     assert pull_release(release, config, host=host, models=["det"]).lines[0].state == "PRESENT"
+    Sha256Sidecar.path_for(path).unlink()  # the right bytes, but not published (no commit point): pulled again
+    assert pull_release(release, config, host=host, models=["det"]).lines[0].state == "PULLED"
+    assert Sha256Sidecar.check(path).ok
     data = bytearray(path.read_bytes())
     data[0] ^= 0xFF
     path.write_bytes(bytes(data))  # a changed file: stat no longer matches, so it is hashed, refused, pulled again
@@ -217,3 +222,38 @@ def test_a_pull_imports_no_onnx_onnxruntime_or_tensorrt(kit, tmp_path):
                           cwd=serving.parent, env=env, capture_output=True, text=True, timeout=120)
     assert "HEAVY [] 0" in done.stdout, done.stdout + done.stderr
     assert done.stdout.count("PULLED ") == 3
+
+
+def test_an_engine_that_verifies_but_is_not_the_releases_bytes_is_replaced(kit, tmp_path):
+    release, config = serve(kit, tmp_path)
+    host = serving_host(H100, tensorrt="10.16.1.11")
+    path = pull_release(release, config, host=host, models=["det"]).lines[0].path
+    other = os.urandom(100)  # e.g. an older release's engine under the same name, with its own valid sidecar
+    path.write_bytes(other)
+    Sha256Sidecar.path_for(path).write_text(Sha256Sidecar.format_line(hashlib.sha256(other).hexdigest(), path.name))
+    assert Sha256Sidecar.check(path).ok
+    report = pull_release(release, config, host=host, models=["det"])
+    assert report.lines[0].state == "PULLED" and path.read_bytes() == kit.data[path.name]
+
+
+def test_a_manifest_of_another_engine_is_refused(kit, tmp_path):
+    det = kit.variants["det"][0]
+    manifest = json.loads(Path(kit.url[len("file://"):], det.entry.base, det.entry.manifest).read_bytes())
+    manifest["engine"]["sha256"] = "0" * 64  # a manifest the release pins, describing other bytes
+    blob = json.dumps(manifest).encode()
+    sha = hashlib.sha256(blob).hexdigest()
+    kit.put(f"{det.entry.base}/manifest/{sha}", blob)
+    kit.variants["det"][0] = dataclasses.replace(det, manifest_sha256=sha,
+                                                 entry=dataclasses.replace(det.entry, manifest=f"manifest/{sha}"))
+    release, config = serve(kit, tmp_path)
+    report = pull_release(release, config, host=serving_host(H100, tensorrt="10.16.1.11"), models=["det"])
+    assert report.lines[0].state == "REFUSED" and "describes another engine" in report.lines[0].text()
+
+
+def test_a_serving_config_without_keys_is_refused(kit, tmp_path):
+    release = kit.write(tmp_path / "engines.release.json")
+    path = tmp_path / "serving.yaml"
+    path.write_text(f"cache_dir: cache\nremote: {{url: '{kit.url}'}}\n")
+    with pytest.raises(ConfigError, match="a pull verifies the release with the fleet's key") as caught:
+        pull_release(release, load_serving_config(path), host=serving_host(H100, tensorrt="10.16.1.11"))
+    assert caught.value.exit_code == 2 and not (tmp_path / "cache").exists()

@@ -11,7 +11,11 @@ from hypothesis import strategies as st
 from provisioning.gpu import release_tuple
 from provisioning.release.format import Compatibility, EntryRef, TiedTo, Variant
 from provisioning.release.select import choose, no_variant_line, rank_variant, short_version
+from provisioning.host import GpuInfo
 from tests.release.pull_fixtures import A100, H100, L4, T4, cpu_key, ort, rtx, serving_host, trt
+
+
+H200 = GpuInfo("NVIDIA H200", "GPU-66666666-0000-0000-0000-000000000000", (9, 0), "580.65.06", 0)
 
 
 def variant(fields: dict, sha: str = "a" * 64) -> Variant:
@@ -47,6 +51,7 @@ def test_each_rank_and_its_reason():
     (trt("det", H100, "10.19.0.1", vc=True), serving_host(H100, tensorrt="10.18.0.31")),  # newer builder
     (trt("det", H100, "9.3.0.1", vc=True), serving_host(H100, tensorrt="10.18.0.31")),  # another major
     (trt("det", L4, "10.18.0.31"), serving_host(H100, tensorrt="10.18.0.31")),  # another GPU model
+    (trt("det", H100, "10.18.0.31"), serving_host(H200, tensorrt="10.18.0.31")),  # another model, same sm90
     (trt("det", H100, "10.18.0.31", hwc="ampere_plus"), serving_host(T4, tensorrt="10.18.0.31")),  # sm75 < sm80
     (trt("det", L4, "10.18.0.31", hwc="same_compute_capability"), serving_host(H100, tensorrt="10.18.0.31")),
     (trt("det", H100, "10.18.0.31"), serving_host(None, tensorrt="10.18.0.31")),  # no GPU
