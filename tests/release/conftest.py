@@ -21,7 +21,7 @@ from provisioning.compiler import EngineCompileRequest
 from provisioning.remote import make_remote_cache
 from tests.conftest import CORPUS, DOIT, REPO, write_corpus_yaml
 from tests.remote.conftest import (  # noqa: F401 (fixtures, used by name)
-    S3_ENV, Ed25519Keys, bucket, make_ed25519_keys, s3_env, s3_server, s3fs_client,
+    S3_ENV, Ed25519Keys, bucket, make_ed25519_keys, s3_env, s3_server,
 )
 
 CREATED = "2026-12-07T00:00:00Z"
