@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ..errors import ProvisioningError
 from ..remote.signing import EntrySigner, KeyRing
 from ..schema import EngineFilenameSchema
 from ..sidecar import open_nofollow
+from .errors import ReleaseError  # noqa: F401 (re-exported: release.format.ReleaseError)
 from .parse import check_predicate
 from .keys import signing_entry, sslib_key, sslib_signer, trusted_entries
 
@@ -49,12 +49,6 @@ __all__ = [
     "PREDICATE_TYPE", "Release", "ReleaseError", "STATEMENT_TYPE", "TiedTo", "Variant", "canonical_json",
     "envelope_bytes", "load_release", "parse_release", "sign_release", "statement", "statement_bytes",
 ]
-
-
-class ReleaseError(ProvisioningError, ValueError):
-    """A release file that must not be used (unsigned, forged, edited, another namespace, malformed)."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

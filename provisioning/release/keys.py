@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ..remote.signing import EntrySigner, KeyRing
+from .errors import ReleaseError
 
 HMAC_KEYTYPE = "hmac"
 HMAC_SCHEME = "hmac-sha256"
@@ -24,8 +25,6 @@ def _sslib():
         from securesystemslib import exceptions
         from securesystemslib.signer import Key, Signature, Signer, SSlibKey
     except ImportError:  # pragma: no cover - an install without the remote extra
-        from .format import ReleaseError
-
         raise ReleaseError("releases need securesystemslib; install provisioning[remote]") from None
     return exceptions, Key, Signature, Signer, SSlibKey
 
