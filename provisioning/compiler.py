@@ -19,19 +19,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from .backends.base import CompileEngineCallable, EngineOutput
-from .cache import (
-    EngineCacheEntry,
-    EntryCheck,
-    append_event,
-    check_entry,
-    engine_lock,
-    engine_path_for,
-    ensure_cache_dir,
-    version_pinned_path,
-)
+from .cache import (EngineCacheEntry, EntryCheck, append_event, check_entry, engine_lock, engine_path_for,
+                    ensure_cache_dir, version_pinned_path)
 from .errors import BackendError, CacheError, ConfigError, ValidationFailed
+from .failtext import REASON_MARK, append_to_build_log, build_log_for, is_long, short_reason
 from .host import HostCapabilities
 from .interrupt import interrupt_of
+from .lockwait import build_lock
 from .manifest import BuildInputs, make_manifest, manifest_bytes, manifest_path_for
 from .miss import NO_ENGINE, explain_absent
 from .onnxinfo import onnx_digest, write_pending_inspections
@@ -218,7 +212,7 @@ class EngineCompiler:
         if check.hit and validation_matches(check.entry.manifest, spec):
             return self._finish(request, host_key, EngineCompileResult(check.entry, CompileOutcome.REUSED, None))
         ensure_cache_dir(request.cache_dir)
-        with engine_lock(engine_path):
+        with build_lock(engine_lock(engine_path), engine_path, spec.model_name, self._heartbeat_s):
             expected = self._from_hashed_bytes(spec, expected)
             check = check_entry(engine_path, spec.model_name, expected)  # another process may have built it
             pinned = None if check.hit else version_pinned_path(engine_path, expected)
@@ -359,6 +353,10 @@ class EngineCompiler:
         """The FAILED line and event of a backbone, or the INTERRUPTED event (marked: a caller does not repeat them)."""
         stop = interrupt_of(exc)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if stop is None and is_long(str(exc)):  # the first error here, every error in the build log
+            log_path = build_log_for(request.cache_dir, engine_name)
+            written = append_to_build_log(log_path, f"FAILED {spec.model_name}: {type(exc).__name__}", str(exc))
+            reason = short_reason(str(exc), log_path.name if written else None)
         if stop is not None:  # not a failure: an INTERRUPTED event; the caller prints its line once unwound
             reason, outcome, error_class = f"stopped by {stop.signal_name}", "INTERRUPTED", stop.error_class
         else:
@@ -373,6 +371,7 @@ class EngineCompiler:
                                                miss_reasons=list(miss_reasons)))
         try:
             setattr(exc, LOGGED_MARK, True)
+            setattr(exc, REASON_MARK, reason)
         except (AttributeError, TypeError):  # an exception type without a __dict__
             pass
 

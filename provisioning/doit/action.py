@@ -18,6 +18,7 @@ from ..cache import append_event, engine_path_for, entry_files
 from ..compiler import LOGGED_MARK, BackboneSpec, EngineCompiler, EngineCompileRequest, _event
 from ..config import ProvisioningConfig
 from ..errors import ProvisioningError
+from ..failtext import REASON_MARK, short_reason
 from ..host import HostCapabilities
 from ..onnxinfo import write_pending_inspections
 from .report import configure_console_logging, fail_fast
@@ -98,7 +99,8 @@ def _compile_backbone(spec: BackboneSpec, host: HostCapabilities, config: Provis
                 shared.index.save()  # a -n worker's exit skips atexit
         write_pending_inspections(cache)  # a first run's ONNX inspections: the next run skips importing onnx
     except Exception as exc:  # one line for the user; the compiler logged the class and the event
-        text = str(exc).splitlines()[0] if str(exc) else ""
+        text = getattr(exc, REASON_MARK, None) or (str(exc).splitlines()[0] if str(exc) else "")
+        text = short_reason(text)  # the compiler's own reason is short already (its whole text in the build log)
         if not isinstance(exc, (ProvisioningError, OSError)):  # a surprise: keep its type in the line
             log.debug("%s failed", spec.model_name, exc_info=True)
             text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__

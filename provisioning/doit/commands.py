@@ -128,16 +128,15 @@ class EnginesStatus(_EnginesCommand):
             print(json.dumps(document, indent=2))
         else:
             print(f"config {path} (from {origin})")
-            print(render_status(corpus, rows, totals))
-            if remote is not None:
-                print(f"remote {remote['url']}: " + ", ".join(f"{m} {st}" for m, st in remote["states"].items()))
+            print(render_status(corpus, rows, totals, remote))
         return 0 if totals["fresh"] == totals["backbones"] else 1
 
     def _signatures(self, params: dict[str, Any]) -> int:
-        from ..remote.recheck import REJECTED, recheck_signatures
+        from ..remote.recheck import OK, REJECTED, recheck_signatures
 
         corpus = load_corpus(self.config_path(params))
-        rows = recheck_signatures(corpus.config, ((s.model_name, corpus.engine_path(s)) for s in corpus.specs))
+        engines = [(s.model_name, corpus.engine_path(s)) for s in corpus.specs]
+        rows = _bytes_hashed(recheck_signatures(corpus.config, engines), [path for _, path in engines], OK, REJECTED)
         if params["json"]:
             print(json.dumps({"signatures": [r.as_dict() for r in rows]}, indent=2))
         else:
@@ -164,6 +163,30 @@ class EnginesStatus(_EnginesCommand):
                 print(f"  {e['model_name']}  {human_bytes(e['size'])}  {e['host_key']}  {e['path']}")
             print(f"total: {len(engines)} engine{'' if len(engines) == 1 else 's'}, {human_bytes(scan.total_bytes)}")
         return exc.exit_code
+
+
+def _bytes_hashed(rows: list[Any], paths: list[Any], signed: str, rejected: str) -> list[Any]:
+    """A row says signed only for bytes hashed here (issue 22 item 15), on all cores.
+
+    The recheck compares the commit record with the sidecar, and under ``verify: stat`` a
+    ``.verified`` record planted over swapped bytes would pass: each signed engine is hashed.
+    """
+    from ..verify import EngineVerifier
+
+    verifier = EngineVerifier("full")
+    verifier.prefetch(path for row, path in zip(rows, paths) if row.state == signed)
+    try:
+        checked = []
+        for row, path in zip(rows, paths):
+            verification = verifier.check(path) if row.state == signed else None
+            if verification is not None and not verification.ok:
+                row = replace(row, state=rejected, key_id=None, detail=(
+                    f"the engine's bytes do not match its signed SHA-256 ({verification.reason}); "
+                    "delete the engine (doit engines-gc or rm) and run doit engines again"))
+            checked.append(row)
+        return checked
+    finally:
+        verifier.close()
 
 
 class EnginesGc(_EnginesCommand):
@@ -269,9 +292,20 @@ class EnginesPath(_EnginesCommand):
     cmd_options = (opt_config, opt_json)
 
     def execute(self, params: Any, args: list[str]) -> int:
-        if "--json" in args:  # doit stops parsing options at the first positional: allow MODEL --json
-            args = [a for a in args if a != "--json"]
-            params["json"] = True
+        from doit.cmdparse import CmdParse, CmdParseError
+
+        # doit stops parsing options at the first positional: MODEL --json -f DODO --config PATH
+        # are parsed here, so that an option after the name is never taken for a second name
+        parser, rest, args = CmdParse(self.get_options()), list(args), []
+        while rest:
+            if rest[0].startswith("-") and rest[0] != "-":
+                try:
+                    _, rest = parser.parse_only(rest, params)
+                except CmdParseError as exc:
+                    text = str(exc).split(" (parsing options", 1)[0].replace("Error parsing Command: ", "")
+                    return _error(f"{self.name}: {text}; see 'doit help {self.name}'", USAGE_ERROR)
+            else:
+                args.append(rest.pop(0))
         if len(args) != 1:
             return _error(f"{self.name}: give exactly one backbone name (doit engines-path MODEL); "
                           f"got {len(args)}", USAGE_ERROR)

@@ -54,3 +54,29 @@ def _command_runs_tasks() -> bool:
         return False  # a library call or a test: hashing starts at the first check, as before
     args = sys.argv[1:]  # ``run``, a task name or an option ("-n") all mean a run
     return not args or (args[0] not in _NO_RUN_COMMANDS and not args[0].startswith("engines-"))
+
+
+def _task_option(basename: str, long: str) -> str | None:
+    """The value of ``--<long> VALUE`` (or ``--<long>=VALUE``) given to a task of ``basename`` on doit's command line.
+
+    doit parses a task's own options after its name (``doit engines --config PATH``), but
+    only once every task was generated: the generator, which needs the config first, reads
+    them here. Only options after ``basename`` or one of its ``basename:<model>`` tasks count
+    (the last one wins, as for doit's options); in a library call or a test, none.
+    """
+    main = sys.modules.get("__main__")
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if program != "doit" and getattr(getattr(main, "__spec__", None), "name", None) != "doit.__main__":
+        return None
+    value, owned, args = None, False, sys.argv[1:]
+    flag = f"--{long}"
+    for index, arg in enumerate(args):
+        if index and args[index - 1] == flag:
+            continue  # the value of the option before
+        if not arg.startswith("-"):
+            owned = arg == basename or arg.startswith(f"{basename}:")
+        elif owned and arg == flag and index + 1 < len(args):
+            value = args[index + 1]
+        elif owned and arg.startswith(f"{flag}="):
+            value = arg.split("=", 1)[1]
+    return value

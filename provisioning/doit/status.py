@@ -99,27 +99,38 @@ def status_totals(corpus: LoadedCorpus, scan: CacheScan, rows: list[EngineStatus
         "cache_files": sum(1 for e in scan.engines for f in entry_files(e.path) if f.exists()) + len(scan.leftovers),
         "cache_bytes": scan.total_bytes,
         "gc_reclaimable_bytes": plan.bytes_freed,
+        "gc_items": len(plan.items),  # an empty scratch folder frees 0 B, yet engines-gc lists (and removes) it
     }
 
 
-def render_status(corpus: LoadedCorpus, rows: list[EngineStatus], totals: dict[str, Any]) -> str:
-    """The human table."""
+def render_status(corpus: LoadedCorpus, rows: list[EngineStatus], totals: dict[str, Any],
+                  remote: dict[str, Any] | None = None) -> str:
+    """The human table; with ``remote`` (``{"url", "states": {model: state}}``) a REMOTE column.
+
+    A foreign engine's REMOTE cell is ``-``: the remote is asked about today's entries only.
+    """
     identity = corpus.host.identity()
     lines = [f"cache {corpus.cache_dir}  ({corpus.host.backend} {corpus.host.backend_version}, "
              f"host {identity.host_key})"]
-    table = [("MODEL", "STATE", "SIZE", "QUALIFIED", "HOST KEY", "PATH")]
+    states = None if remote is None else remote["states"]
+    if remote is not None:
+        lines.append(f"remote {remote['url']}")
+    table = [("MODEL", "STATE", "SIZE", "QUALIFIED", *(() if states is None else ("REMOTE",)), "HOST KEY", "PATH")]
     for row in rows:
+        cell = () if states is None else ("-" if row.state == "foreign" else states.get(row.model_name, "-"),)
         table.append((row.model_name, row.state, human_bytes(row.size) if row.size else "-", row.qualified,
-                      row.host_key, row.path))
-    widths = [max(len(r[i]) for r in table) for i in range(5)]
+                      *cell, row.host_key, row.path))
+    last = len(table[0]) - 1  # the path: not padded
+    widths = [max(len(r[i]) for r in table) for i in range(last)]
     for index, row in enumerate(table):
-        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5])
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:last])) + "  " + row[last])
         if index and rows[index - 1].state not in ("fresh", "missing"):
             lines.append(" " * (widths[0] + 2) + "why: " + rows[index - 1].reason)
     summary = ", ".join(f"{totals[s]} {s}" for s in STATES if totals[s])
     noun = "backbone" if totals["backbones"] == 1 else "backbones"
     lines.append(f"total: {totals['backbones']} {noun} ({summary}); cache {human_bytes(totals['cache_bytes'])}; "
-                 f"engines-gc would free {human_bytes(totals['gc_reclaimable_bytes'])}")
+                 f"engines-gc would free {human_bytes(totals['gc_reclaimable_bytes'])}"
+                 f" in {totals['gc_items']} item(s)")
     return "\n".join(lines)
 
 

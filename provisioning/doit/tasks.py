@@ -38,7 +38,7 @@ from .action import (  # noqa: F401  (re-exported: dodo files and tests import t
 from .corpus import config_path, load_config_only, load_corpus
 from .filedep import Sha256FileChecker
 from .report import fail_fast
-from .runmode import _NO_RUN_COMMANDS, _command_runs_tasks, _in_worker, _parallel_run  # noqa: F401
+from .runmode import _NO_RUN_COMMANDS, _command_runs_tasks, _in_worker, _parallel_run, _task_option  # noqa: F401
 from .uptodate import CHECKER_VALUE, ONNX_DIGEST_VALUE, EngineUpToDate  # noqa: F401
 from . import verifier as _shared
 from .verifier import SharedVerifier
@@ -52,6 +52,12 @@ DEFAULT_DB = ".doit.db"
 # filters tasks by it after the task creators ran, and engine_tasks() appends while they run:
 # so plain ``doit`` selects exactly the engine groups that exist, whatever their basename.
 _DEFAULT_TASKS: list[str] = []
+
+# ``doit engines --config PATH``: declared on every task of the group so that doit accepts
+# the option after a task's name; its value is read from the command line when the tasks
+# are generated (:func:`~provisioning.doit.runmode._task_option`), since it picks the corpus
+CONFIG_PARAM = {"name": "engines_config", "long": "config", "type": str, "default": "",
+                "help": "corpus YAML [default: config=PATH, $PROVISIONING_CONFIG, the dodo's, corpus/corpus.yaml]"}
 
 
 def doit_config(**overrides: Any) -> dict[str, Any]:
@@ -97,19 +103,22 @@ def engine_tasks(
     ``export_triton=REPO`` adds a task ``<basename>_export`` (part of the group, after every
     engine) that keeps the Triton model repository REPO current, as ``doit engines-export``.
 
-    The config is ``config=PATH`` on the doit command line, else $PROVISIONING_CONFIG, else
-    ``config``, else corpus/corpus.yaml (as for the engines-* commands). A bad config prints
+    The config is ``--config PATH`` after the group's or a task's name on the doit command
+    line (``doit engines --config PATH``), else ``config=PATH``, else $PROVISIONING_CONFIG,
+    else ``config``, else corpus/corpus.yaml (as for the engines-* commands). A bad config prints
     one line and exits with the error's code before any task runs. Without the GPU a
     ``backend: tensorrt`` config needs, the tasks are still listed (``doit list``) and the
     first one to run stops with the no-GPU line and exit code 69. ``backend_factory(name)``
     replaces the backend (a module-level callable, so that it pickles for ``doit -n``).
     """
-    path = config_path(os.fspath(config) if config is not None else None)
+    path = config_path(os.fspath(config) if config is not None else None,
+                       option=_task_option(basename, CONFIG_PARAM["long"]))
     interrupt.install()  # doit's main process: Ctrl-C while it waits for `-n` workers exits 130, no traceback
     if basename not in _DEFAULT_TASKS:
         _DEFAULT_TASKS.append(basename)
     try:
         corpus = load_corpus(path)
+        _check_remote_keys(corpus.config)
     except NoGpuError as exc:
         yield from _no_gpu_tasks(path, basename, exc)
         return
@@ -119,7 +128,8 @@ def engine_tasks(
         "basename": basename,
         "name": None,
         "doc": f"compile or reuse the engines of {path.name} ({corpus.host.backend}, cache {corpus.cache_dir}); "
-               "another config: doit engines config=PATH",
+               f"another config: doit {basename} --config PATH (or config=PATH)",
+        "params": [CONFIG_PARAM],
         **({"task_dep": [f"{basename}_export"]} if export_triton is not None else {}),
     }
     kwargs = {"backend_factory": backend_factory} if backend_factory is not None else {}
@@ -141,6 +151,7 @@ def engine_tasks(
             "uptodate": [EngineUpToDate(spec, corpus.host, engine, verifier)],
             "clean": [(clean_engine, [str(engine)])],
             "verbosity": 2,  # stream BUILT/REUSED lines and heartbeats as they happen
+            "params": [CONFIG_PARAM],
             "meta": {"engine": str(engine), "model_name": spec.model_name},
         }
     if export_triton is not None:
@@ -148,6 +159,22 @@ def engine_tasks(
 
         yield export_task(basename, path, export_triton, engines,
                           [s.model_name for s in corpus.specs])
+
+
+def _check_remote_keys(config: Any) -> None:
+    """Load the keys of an enabled ``remote:`` block now: a missing or unreadable key file is a config error.
+
+    The actions load them again (each builds its own remote cache): without this, the first
+    task would fail with ``FAILED det: ...`` after doit started the run, instead of one line
+    and exit 2 before anything is built, as for every other config error.
+    """
+    if config.remote is None:
+        return
+    from ..remote import key_ring, remote_config_of  # only for configs with a remote: block
+
+    remote = remote_config_of(config)
+    if remote is not None and remote.enabled:
+        key_ring(remote)
 
 
 def _no_gpu_tasks(path: Path, basename: str, exc: NoGpuError) -> Iterator[dict[str, Any]]:
@@ -162,7 +189,7 @@ def _no_gpu_tasks(path: Path, basename: str, exc: NoGpuError) -> Iterator[dict[s
     except ProvisioningError as error:
         fail_fast(str(error).splitlines()[0], error.exit_code)
     message = str(exc).splitlines()[0]
-    yield {"basename": basename, "name": None,
+    yield {"basename": basename, "name": None, "params": [CONFIG_PARAM],
            "doc": f"compile or reuse the engines of {path.name} ({config.backend}: no GPU visible here)"}
     for backbone in config.backbones:
         yield {
@@ -172,6 +199,7 @@ def _no_gpu_tasks(path: Path, basename: str, exc: NoGpuError) -> Iterator[dict[s
             "actions": [(no_gpu_action, [message, exc.exit_code])],
             "uptodate": [False],
             "verbosity": 2,
+            "params": [CONFIG_PARAM],
             "meta": {"model_name": backbone.model_name},
         }
 

@@ -187,3 +187,39 @@ def test_a_planted_inspection_that_drops_the_weights_does_not_make_changed_weigh
     assert task_lines(changed.stdout) == {"emb": "."}, changed.stdout  # the changed weights were seen
     manifest = json.loads(next(project.cache.glob("*.engine.manifest.json")).read_text())
     assert manifest["inputs"]["onnx_sha256"] == onnx_digest(model, (data,))
+
+
+def test_verify_signatures_hashes_the_engine_it_calls_signed(project, tmp_path):
+    """Issue 22 item 15: under verify: stat, swapped bytes behind a planted .verified record are not SIGNED."""
+    import shutil
+
+    from provisioning.sidecar import Sha256Sidecar
+    from provisioning.verify import record_path
+
+    remote = tmp_path / "remote"
+    key = _ed25519_key(tmp_path / "keys")
+    write_corpus_yaml(project.corpus, [{"model_name": "det", "onnx": "models/det.onnx", "precision": "fp32"}],
+                      verify="stat", remote={"url": f"file://{remote}", "timeout_s": 3,
+                                             "signing_key": {"algorithm": "ed25519", "private_key": {"file": str(key)}}})
+    assert project.doit("engines").returncode == 0
+    shutil.rmtree(project.cache)  # this host's cache lost: the next run fetches the signed entry
+    fetched = project.doit("engines")
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    engine = project.engine("det")
+    assert Path(str(engine) + ".commit").is_file()
+    signed = project.doit("engines-status", "--verify-signatures")
+    assert signed.returncode == 0 and "SIGNED" in signed.stdout, signed.stdout + signed.stderr
+
+    data = bytearray(engine.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    with open(engine, "r+b") as handle:  # swapped bytes, same size and inode
+        handle.write(data)
+    record = record_path(engine)
+    record.parent.mkdir(exist_ok=True)
+    record.write_text(json.dumps({"signature": stat_signature(os.lstat(engine)),
+                                  "sha256": Sha256Sidecar.read(engine).sha256}))  # the planted stat record
+
+    result = project.doit("engines-status", "--verify-signatures")
+    assert result.returncode == 1, result.stdout + result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith("det"))
+    assert "SIGNED" not in line and "REJECTED" in line and "do not match" in line, line

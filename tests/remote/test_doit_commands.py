@@ -36,7 +36,10 @@ def test_status_shows_whether_the_remote_has_this_hosts_entry(tmp_path, corpus_d
     remote = {row["model_name"]: (row["state"], row["remote"]) for row in document["backbones"]}
     assert remote == {"det": ("missing", "present"), "cls": ("missing", "present"), "emb": ("missing", "incomplete")}
     text = doit(fresh, "engines-status")
-    assert f"remote s3://{bucket}/engines: det present, cls present, emb incomplete" in text.stdout
+    lines = text.stdout.splitlines()  # a REMOTE column after QUALIFIED, under a "remote URL" line
+    assert f"remote s3://{bucket}/engines" in lines and lines[lines.index(f"remote s3://{bucket}/engines") + 1].split()[4] == "REMOTE"
+    assert {line.split()[0]: line.split()[4] for line in lines if line.split()[:1] in (["det"], ["cls"], ["emb"])} == {
+        "det": "present", "cls": "present", "emb": "incomplete"}
 
 
 def test_status_without_a_remote_block_has_no_remote_column(tmp_path, corpus_dir):

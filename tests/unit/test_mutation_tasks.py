@@ -106,9 +106,10 @@ def test_engine_tasks_hand_doit_the_right_targets_file_deps_checker_and_action(c
     groups = _tasks(corpus_yaml)
     corpus = load_corpus(corpus_yaml)
     group, *subtasks = groups
-    assert group == {"basename": "engines", "name": None,
+    assert group == {"basename": "engines", "name": None, "params": [tasks.CONFIG_PARAM],
                      "doc": f"compile or reuse the engines of corpus.yaml (onnxruntime, cache {corpus.cache_dir}); "
-                            "another config: doit engines config=PATH"}
+                            "another config: doit engines --config PATH (or config=PATH)"}
+    assert tasks.CONFIG_PARAM["long"] == "config" and tasks.CONFIG_PARAM["default"] == ""
     assert tasks._DEFAULT_TASKS == ["engines"]
     assert [t["name"] for t in subtasks] == ["det", "cls", "emb"]
     verifier = shared_verifier._RUN_VERIFIER[str(corpus.cache_dir)]
@@ -123,7 +124,7 @@ def test_engine_tasks_hand_doit_the_right_targets_file_deps_checker_and_action(c
             "basename": "engines", "name": spec.model_name, "doc": f"{spec.model_name} -> {engine.name}",
             "file_dep": [str(p) for p in spec.source_files] + [str(corpus_yaml)],
             "targets": [str(engine)], "clean": [(tasks.clean_engine, [str(engine)])], "verbosity": 2,
-            "meta": {"engine": str(engine), "model_name": spec.model_name},
+            "params": [tasks.CONFIG_PARAM], "meta": {"engine": str(engine), "model_name": spec.model_name},
         }
     emb = subtasks[2]
     assert emb["file_dep"] == [str(corpus_dir / "models" / "emb.onnx"), str(corpus_dir / "models" / "emb.onnx.data"),
@@ -174,12 +175,12 @@ def test_without_a_gpu_the_tasks_are_listed_and_each_says_so(corpus_yaml, monkey
 
     monkeypatch.setattr(tasks, "load_corpus", no_gpu)
     group, *subtasks = _tasks(corpus_yaml)
-    assert group == {"basename": "engines", "name": None,
+    assert group == {"basename": "engines", "name": None, "params": [tasks.CONFIG_PARAM],
                      "doc": "compile or reuse the engines of corpus.yaml (onnxruntime: no GPU visible here)"}
     assert [t["name"] for t in subtasks] == ["det", "cls", "emb"]
     assert subtasks[0] == {"basename": "engines", "name": "det", "doc": "det -> engine name unknown: no GPU visible",
                            "actions": [(tasks.no_gpu_action, ["no NVIDIA GPU visible", 69])], "uptodate": [False],
-                           "verbosity": 2, "meta": {"model_name": "det"}}
+                           "verbosity": 2, "params": [tasks.CONFIG_PARAM], "meta": {"model_name": "det"}}
     corpus_yaml.write_text("backbones: 3\n")  # and a bad config still fails with its own line
     with pytest.raises(SystemExit) as caught:
         _tasks(corpus_yaml)
