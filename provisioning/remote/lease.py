@@ -10,8 +10,10 @@ it over.
 
 A lease is remote content, so a reader trusts it only as far as it must: its expiry is the
 earlier of the recorded ``expires`` and the object's last-modified time (the server's
-clock) plus the reader's own ``lease_s``; a non-finite, non-numeric or far-future
-``expires``, an oversized or unparsable lease reads as expired. So a planted lease with
+clock) plus the reader's own ``lease_s``, and a lease that would still hold more than
+``lease_s`` from now by this host's clock is from the future: a ``file://`` lease's mtime
+is whatever its writer set. A non-finite, non-numeric or far-future ``expires`` or
+last-modified time, an oversized or unparsable lease reads as expired. So a planted lease with
 ``expires: 1e300`` holds hosts for one ``lease_s`` at most, unless someone keeps rewriting
 it (and then each run's wait budget, ``wait_s``, bounds the cost).
 
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import lock_is_held
-from .errors import RemoteContentError, shown
+from .errors import ConditionalWriteUnsupported, RemoteContentError, shown
 from .objectstore import ObjectStore
 
 log = logging.getLogger("provisioning.remote")
@@ -72,8 +74,10 @@ def read_lease(store: ObjectStore, path: str, timeout: float, lease_s: float) ->
         return invalid
     if modified is not None:
         expires = min(float(expires), modified + lease_s + _SKEW_S)
-    elif expires > time.time() + lease_s + _SKEW_S:
-        return invalid  # no server time to anchor it: a far-future expiry is forged or a clock is off
+    if expires > time.time() + lease_s + _SKEW_S:
+        # From the future by this host's clock: a forged expiry, or a last-modified time the
+        # writer chose (a file:// lease's mtime is whatever its writer set), or a clock far off
+        return invalid
     owner = document.get("owner")
     return {"owner": owner if isinstance(owner, str) else INVALID_OWNER, "expires": float(expires), "etag": etag}
 
@@ -128,7 +132,13 @@ class BuilderLease:
                 log.debug("lease renewal of %s failed: %s", self.path, shown(str(exc), 200))
 
     def release(self) -> None:
-        """Stop renewing and delete the lease if it is still ours (best effort)."""
+        """Stop renewing and delete the lease if it is still ours (best effort).
+
+        The delete is conditional (If-Match) on the ETag of the lease as read here, which
+        must carry this host's owner token: a lease this host wrote. If another host took
+        the lease over between that read and the delete, its lease has another ETag and
+        survives. Only a store without conditional deletes falls back to a plain delete.
+        """
         with self._lock:
             if self._released:
                 return
@@ -138,7 +148,11 @@ class BuilderLease:
             self._thread.join(self.timeout_s + 1)  # a renewal in flight must not re-create it
         try:
             current = read_lease(self.store, self.path, self.timeout_s, self.lease_s)
-            if current is not None and current.get("owner") == self.owner:
+            if current is None or current.get("owner") != self.owner or current.get("etag") is None:
+                return  # gone, or another host's since a takeover: never ours to delete
+            try:
+                self.store.delete_if_match(self.path, current["etag"], self.timeout_s)
+            except ConditionalWriteUnsupported:
                 self.store.delete([self.path], self.timeout_s)
         except Exception as exc:  # an undeleted lease expires by itself
             log.debug("lease release of %s failed: %s", self.path, shown(str(exc), 200))

@@ -13,10 +13,11 @@ which never follows a link below the root. Layout: see :mod:`provisioning.remote
 from __future__ import annotations
 
 import errno
+import os
 from typing import Any, Callable
 
 from ..errors import ConfigError
-from .config import RemoteConfig, check_endpoint_env
+from .config import RemoteConfig, check_endpoint_env, insecure_http_problem
 from .errors import (
     ConditionalWriteUnsupported, LocalWriteError, RemoteContentError, RemoteUnavailable, shown, transport,
 )
@@ -51,7 +52,11 @@ class RemoteStore(ObjectStore):
 
     @classmethod
     def open(cls, config: RemoteConfig) -> ObjectStore:
-        """A store for ``config.url`` (connects lazily, on the first call)."""
+        """A store for ``config.url``; an ``s3://`` one makes its client now (no request is sent).
+
+        The client is made here so that the endpoint botocore resolved, wherever it read
+        it from, passes the plain-http rule before any request (see :func:`_check_resolved_endpoint`).
+        """
         try:
             import fsspec  # noqa: F401  (present, or the remote cannot work)
         except ImportError:
@@ -77,6 +82,7 @@ class RemoteStore(ObjectStore):
                            "retries": {"max_attempts": 1, "mode": "standard"}},
         )
         fs.retries = 1  # retries are ours, bounded by timeout_s; s3fs would back off for ~10 s more
+        _check_resolved_endpoint(config, fs)
         return cls(fs, config.url[len("s3://"):], is_async=True, url=config.url)
 
     # -- calls ---------------------------------------------------------------------
@@ -259,3 +265,27 @@ class RemoteStore(ObjectStore):
             return dict(self._call(self.fs.find, path, detail=True, **self._kw(timeout)))
         except FileNotFoundError:
             return {}
+
+
+def _check_resolved_endpoint(config: RemoteConfig, fs: Any) -> None:
+    """The plain-http rule on the endpoint botocore resolved, not only on the ones this config sees.
+
+    botocore also reads ``endpoint_url`` from the AWS shared config file (a profile such
+    as ``[default]``, or its ``[services ...]`` section), after the environment. A client
+    that cannot even be made (a missing profile, say) sends no request: its first call
+    fails as a transport error, as before.
+    """
+    try:
+        fs.connect()
+        resolved = fs.s3.meta.endpoint_url
+    except Exception:
+        return
+    if not isinstance(resolved, str):
+        return
+    problem = insecure_http_problem(resolved, config.allow_insecure_http, config.signatures_required)
+    if problem is None:
+        return
+    source = os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config"
+    raise ConfigError(f"{config.config_path}: field 'remote.endpoint_url': botocore resolved {resolved[:200]} from "
+                      f"the AWS shared config ({source}, endpoint_url in a profile or its services section): "
+                      f"{problem[1]}")

@@ -18,15 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from provisioning import load_config
+from provisioning import ConfigError, load_config
 from provisioning.manifest import manifest_bytes
+from provisioning.remote import make_remote_cache
+from provisioning.remote.lease import BuilderLease, read_lease
 from provisioning.remote.localstore import LocalRemoteStore
 from provisioning.remote.report import remote_gc
 from provisioning.remote.signing import split_record, unsigned_record
 from tests.conftest import CORPUS, DEFAULT_BACKBONES, write_corpus_yaml
 
-from .conftest import forged_record, make_ed25519_keys
-from .test_mutation_cache import Site, built, logs, site  # noqa: F401  (fixtures)
+from .conftest import forged_record, make_ed25519_keys, make_host, s3fs_client
+from .test_mutation_cache import Scripted, Site, built, logs, site  # noqa: F401  (fixtures)
 
 
 def _folder_with_a_file(path: Path) -> None:
@@ -198,3 +200,114 @@ def test_gc_in_an_unsigned_fleet_still_removes_this_corpus_superseded_entry(site
     config_a = _corpus_config(site, "a-gc", {"url": site.url, "timeout_s": 2, "corpus": "A"})
     items, _ = _gc_plan(site, config_a)
     assert items == [str(site.entry)]
+
+
+# --- item 7: plain http from the AWS shared config file ------------------------------------------
+
+AWS_CONFIGS = {
+    "default": "[default]\nendpoint_url = {endpoint}\n",
+    "services": "[default]\nservices = engines\n\n[services engines]\ns3 =\n  endpoint_url = {endpoint}\n",
+}
+
+
+def _aws_config(tmp_path: Path, monkeypatch, kind: str, endpoint: str) -> Path:
+    path = tmp_path / f"aws-config-{kind}"
+    path.write_text(AWS_CONFIGS[kind].format(endpoint=endpoint))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", sorted(AWS_CONFIGS))
+def test_plain_http_from_the_aws_config_file_is_refused(tmp_path, monkeypatch, corpus_dir, kind):
+    path = _aws_config(tmp_path, monkeypatch, kind, "http://192.0.2.10:9000")
+    host = make_host(tmp_path, "h", corpus_dir, {"url": "s3://engines/prefix", "timeout_s": 1})
+    with pytest.raises(ConfigError) as caught:
+        make_remote_cache(load_config(host.config_path))
+    line = str(caught.value)
+    assert "\n" not in line and line.startswith(f"{host.config_path}: field 'remote.endpoint_url': ")
+    assert f"botocore resolved http://192.0.2.10:9000 from the AWS shared config ({path}" in line
+    assert "plain http to 192.0.2.10 lets anyone on the network read and replace engines" in line
+
+
+def test_plain_http_from_the_aws_config_file_needs_signatures_when_allowed(tmp_path, monkeypatch, corpus_dir):
+    _aws_config(tmp_path, monkeypatch, "default", "http://192.0.2.10:9000")
+    host = make_host(tmp_path, "h", corpus_dir, {"url": "s3://engines/prefix", "allow_insecure_http": True})
+    with pytest.raises(ConfigError, match="plain http to 192.0.2.10 needs signed entries"):
+        make_remote_cache(load_config(host.config_path))
+    monkeypatch.setenv("ENGINE_KEY", "k" * 32)
+    signed = make_host(tmp_path, "s", corpus_dir, {"url": "s3://engines/prefix", "allow_insecure_http": True,
+                                                   "signing_key": {"env": "ENGINE_KEY"}})
+    assert make_remote_cache(load_config(signed.config_path)) is not None
+
+
+def test_a_loopback_endpoint_from_the_aws_config_file_is_used(tmp_path, monkeypatch, corpus_dir, s3_server, bucket):
+    """The resolved endpoint is really the config file's: the moto server on loopback gets the upload."""
+    _aws_config(tmp_path, monkeypatch, "services", s3_server.endpoint)
+    host = make_host(tmp_path, "h", corpus_dir, {"url": f"s3://{bucket}/engines", "timeout_s": 3, "lease_s": 2})
+    compiler, remote, _ = host.compiler()
+    assert remote.store.fs.s3.meta.endpoint_url == s3_server.endpoint
+    summary = host.provision(compiler)
+    assert remote.disabled_reason is None and summary.built == 3
+    assert s3fs_client(s3_server.endpoint).find(f"{bucket}/engines")
+
+
+# --- item 8: a file:// lease from the future -------------------------------------------------------
+
+def _plant_lease(site: Site, mtime_ahead_s: float, expires: float = 1e300) -> None:
+    site.lease.parent.mkdir(parents=True, exist_ok=True)
+    site.lease.write_bytes(json.dumps({"owner": "planted", "expires": expires}).encode())
+    ahead = time.time() + mtime_ahead_s
+    os.utime(site.lease, (ahead, ahead))
+
+
+def test_a_lease_whose_mtime_is_in_the_future_is_invalid_and_taken_over(site, logs):
+    _plant_lease(site, 1e6)
+    cache = site.cache(wait_s=30)
+    started = time.monotonic()
+    assert site.fetch(cache) is None  # this host claims the build
+    assert time.monotonic() - started < 10, "held by a lease from the future"
+    assert not logs.events("remote_wait_budget") and not logs.events("remote_wait")
+    assert any("lease of det" in line and "'?'" in line and "taking over" in line for line in logs.lines(20))
+    assert json.loads(site.lease.read_bytes())["owner"] != "planted"
+    cache._leases[site.name].release()
+
+
+def test_read_lease_bounds_a_lease_by_this_hosts_clock(site):
+    store = LocalRemoteStore(str(site.root), url=site.url)
+    _plant_lease(site, 3600, expires=time.time() + 3600)
+    assert read_lease(store, str(site.lease), 2, 30)["expires"] == 0.0  # from the future: invalid
+    _plant_lease(site, 0, expires=time.time() + 10)
+    assert read_lease(store, str(site.lease), 2, 30)["expires"] > time.time()  # a live lease still holds
+
+
+# --- item 16: release() deletes only the lease this host wrote --------------------------------------
+
+def test_a_release_after_a_takeover_leaves_the_new_holders_lease(site, logs):
+    """Host A reads its own (expired) lease to release it; host B takes the lease over before A's delete."""
+    store = Scripted(site.config())
+    lease_path = str(site.lease)
+    holder = BuilderLease(store, lease_path, site.engine_path("a"), 0.5, 2)
+    assert LocalRemoteStore.create_exclusive(store, lease_path, holder.document(), 2)
+    taken = {}
+
+    def takeover_after_our_read(path, call):
+        found = call()
+        if path == lease_path and not taken:  # B: the lease expired, deleted and claimed anew
+            os.unlink(site.lease)
+            rival = BuilderLease(LocalRemoteStore(str(site.root), url=site.url), lease_path, site.engine_path("b"),
+                                 0.5, 2)
+            assert rival.store.create_exclusive(lease_path, rival.document(), 2)
+            taken["owner"] = rival.owner
+        return found
+
+    store.around["read"] = takeover_after_our_read
+    holder.release()
+    assert json.loads(site.lease.read_bytes())["owner"] == taken["owner"], "A deleted B's lease"
+
+
+def test_a_release_deletes_this_hosts_own_lease(site):
+    store = LocalRemoteStore(str(site.root), url=site.url)
+    holder = BuilderLease(store, str(site.lease), site.engine_path("a"), 30, 2)
+    assert store.create_exclusive(str(site.lease), holder.document(), 2)
+    holder.release()
+    assert not site.lease.exists()
