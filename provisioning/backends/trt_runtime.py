@@ -23,6 +23,11 @@ from .trt_logging import capture
 _NUMPY_BY_TRT = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32",
                  "INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
 REBUILD_HINT = "rebuild it on this host (doit engines) or delete it"
+# Opening a cached plan (a server, engines-export's checks) on a host CUDA cannot use: the plan
+# is fine and building it elsewhere changes nothing; the process must see a GPU to run it.
+OPEN_NO_GPU_HINT = ("a TensorRT plan runs only on a GPU: open it in a process that sees an NVIDIA GPU{targets} "
+                    "(check the driver, nvidia-smi and CUDA_VISIBLE_DEVICES; in a container, pass the GPU in, "
+                    "for example docker run --gpus all)")
 
 
 @dataclass(frozen=True)
@@ -40,14 +45,17 @@ _NO_GPU_MARKERS = ("cudaError 35", "CUDA driver version is insufficient", "CUDA 
 
 
 def no_gpu_error(where: str, what: str, build_log: Any, fallback: str, gpu: Any = None,
-                 module: str = "tensorrt") -> NoGpuError:
-    """NoGpuError (exit 69) with the real cause from TensorRT's log: no GPU, or a driver too old for the wheel."""
+                 module: str = "tensorrt", hint: str | None = None) -> NoGpuError:
+    """NoGpuError (exit 69) with the real cause from TensorRT's log: no GPU, or a driver too old for the wheel.
+
+    ``hint`` is the fix; by default the build's (build on a GPU host, or use ONNX Runtime).
+    """
     from .. import gpu as gpu_probe
 
     text = "\n".join(build_log.messages())
     cause = gpu_probe.no_gpu_reason(text, gpu, module=module)
     return NoGpuError(f"{where}: {what}: {cause or 'no usable GPU (' + build_log.reason(fallback) + ')'}; "
-                      f"{gpu_probe.NO_GPU_HINT}")
+                      f"{hint or gpu_probe.NO_GPU_HINT}")
 
 
 def shows_no_gpu(build_log: Any) -> bool:
@@ -56,11 +64,12 @@ def shows_no_gpu(build_log: Any) -> bool:
 
 
 def deserialize(trt: Any, logger: Any, plan: Any, *, host_code_allowed: bool, where: str,
-                gpu: Any = None) -> LoadedEngine:
+                gpu: Any = None, no_gpu_hint: str | None = None) -> LoadedEngine:
     """``trt.Runtime.deserialize_cuda_engine``; a ``None`` becomes BackendError with TensorRT's reason.
 
     Where the log shows CUDA itself failed (error 35: no driver, or one too old for the
     wheel), it is NoGpuError with that cause: the engine is fine, the host cannot run it.
+    ``no_gpu_hint`` is that error's fix (by default the build's).
     """
     product = "TensorRT-RTX" if getattr(trt, "__name__", "") == "tensorrt_rtx" else "TensorRT"
     with capture(logger) as build_log:
@@ -68,7 +77,7 @@ def deserialize(trt: Any, logger: Any, plan: Any, *, host_code_allowed: bool, wh
             runtime = trt.Runtime(logger)
         except TypeError as exc:  # pybind11 'factory function returned nullptr': no CUDA device
             raise no_gpu_error(where, f"{product}'s runtime could not start", build_log, str(exc), gpu,
-                               trt.__name__) from None
+                               trt.__name__, no_gpu_hint) from None
         if host_code_allowed:
             # Version-compatible plans embed a lean runtime (host code); only our own
             # verified bytes get here.
@@ -76,7 +85,7 @@ def deserialize(trt: Any, logger: Any, plan: Any, *, host_code_allowed: bool, wh
         engine = runtime.deserialize_cuda_engine(plan)
     if engine is None and shows_no_gpu(build_log):
         raise no_gpu_error(where, f"{product} could not deserialize the engine", build_log, "no reason logged", gpu,
-                           trt.__name__)
+                           trt.__name__, no_gpu_hint)
     if engine is None:
         raise BackendError(
             f"{where}: {product} could not deserialize the engine "
@@ -115,7 +124,11 @@ def load_verified(trt: Any, logger: Any, path: Path) -> LoadedEngine:
             f"{where}: was built with {product} {built_with}, this host runs {trt.__version__} "
             f"(a foreign plan); {REBUILD_HINT}"
         )
-    loaded = deserialize(trt, logger, plan, host_code_allowed=version_compatible, where=where)
+    host = inputs.get("host") if isinstance(inputs.get("host"), dict) else {}
+    targets = host.get("compute_capabilities") if wanted == "tensorrt-rtx" else None
+    shown = f" of its targets ({', '.join(map(str, targets))})" if isinstance(targets, list) and targets else ""
+    loaded = deserialize(trt, logger, plan, host_code_allowed=version_compatible, where=where,
+                         no_gpu_hint=OPEN_NO_GPU_HINT.format(targets=shown))
     return LoadedEngine(loaded.engine, loaded.runtime, path, manifest)
 
 

@@ -98,3 +98,18 @@ def test_deserialize_without_a_gpu_is_no_gpu_error_with_the_cuda_cause(rtx, tmp_
     message = one_line(caught.value)
     assert message.startswith("backbone x: ") and "error 35" in message
     assert "rebuild" not in message  # the plan is fine; the host cannot run it
+
+
+def test_opening_a_plan_without_a_gpu_gives_a_servers_advice(rtx, tmp_path: Path, gpu_less) -> None:
+    """Opening (a server, resolve -> open_engine) is not building: no 'run the engine build on a GPU host'."""
+    from provisioning.backends.tensorrt import load_verified_engine
+    from tests.conftest import CORPUS
+
+    engine = build_spec(tmp_path, spec_for(CORPUS / "models" / "det.onnx", "det")).results[0].entry.path
+    with pytest.raises(NoGpuError) as caught:
+        load_verified_engine(engine)
+    message = one_line(caught.value)
+    assert caught.value.exit_code == 69 and message.startswith(f"engine {engine}: ") and "error 35" in message
+    assert "open it in a process that sees an NVIDIA GPU of its targets (sm86)" in message, message
+    assert "CUDA_VISIBLE_DEVICES" in message and "--gpus" in message
+    assert "engine build" not in message and "backend: onnxruntime" not in message, message

@@ -7,7 +7,7 @@ import pytest
 from provisioning.backends.tensorrt import load_verified_engine
 from provisioning.compiler import EngineCompiler, EngineCompileRequest
 from provisioning.backends.onnxruntime import OnnxRuntimeBackend
-from provisioning.errors import BackendError, BackendUnavailableError
+from provisioning.errors import BackendError, BackendUnavailableError, NoGpuError
 from provisioning.host import HostCapabilities
 from provisioning.manifest import read_manifest
 from trt_helpers import VERSIONS, compile_one, gpu_host, install_fake, spec
@@ -84,6 +84,18 @@ def test_engine_without_sidecar_is_not_trusted(world, models, tmp_path):
     (engine.parent / (engine.name + ".sha256")).unlink()
     with pytest.raises(BackendError, match="no valid .sha256 sidecar"):
         load_verified_engine(engine)
+
+
+def test_opening_a_plan_where_cuda_has_no_gpu_advises_a_server_not_a_build(world, models, tmp_path, monkeypatch):
+    # issue 22 item 32: a server that opens a plan without a usable GPU was told to run the build on a GPU host
+    engine = compile_one(tmp_path / "cache", gpu_host(world), spec(models)).by_name()["det"].entry.path
+    monkeypatch.setattr(world, "no_gpu", True)  # the server's container was started without the GPU
+    with pytest.raises(NoGpuError) as caught:
+        load_verified_engine(engine)
+    message = str(caught.value)
+    assert caught.value.exit_code == 69 and "\n" not in message and message.startswith(f"engine {engine}: ")
+    assert "open it in a process that sees an NVIDIA GPU (check the driver" in message, message
+    assert "engine build" not in message and "backend: onnxruntime" not in message
 
 
 def test_plan_of_another_tensorrt_version_is_rejected_as_foreign(models, tmp_path, monkeypatch):
