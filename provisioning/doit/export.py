@@ -26,7 +26,7 @@ class EnginesExport(_EnginesCommand):
     name = "engines-export"
     doc_purpose = "export this host's verified engines into a Triton Inference Server model repository"
     doc_usage = ("--triton REPO [--models a,b] [--keep N] [--dry-run] [--force] [--prefer GPU-MODEL] [--copy] "
-                 "[--no-warmup] [--config PATH]")
+                 "[--no-warmup] [--config PATH | --release RELEASE [--serving-config FILE] [--runtime NAME==VERSION]]")
     doc_description = ("Writes REPO/<model>/config.pbtxt and a new integer version folder per backbone "
                        "(model.plan / model.onnx; TensorRT plans of several compute capabilities under their "
                        "engine names with cc_model_filenames). Versions appear atomically and are never "
@@ -50,7 +50,18 @@ class EnginesExport(_EnginesCommand):
          "help": "copy engines even where a hard link to the cache would do"},
         {"name": "no_warmup", "long": "no-warmup", "type": bool, "default": False,
          "help": "leave model_warmup (a request at the profile's opt shapes) out of config.pbtxt"},
+        {"name": "release", "long": "release", "type": str, "default": "",
+         "help": "export from this signed release's variants (every GPU class's plan), not from a corpus"},
+        {"name": "serving_config", "long": "serving-config", "type": str, "default": "",
+         "help": "with --release: the serving config [default: $PROVISIONING_SERVING_CONFIG]"},
+        {"name": "runtime", "long": "runtime", "type": str, "default": "",
+         "help": "with --release: the TensorRT of the Triton image, e.g. tensorrt==10.8.0.43"},
     )
+
+    def parse_execute(self, in_args: list[str]) -> int:
+        from .pull import restore_runtime_word  # --runtime NAME==VERSION survives doit's variables
+
+        return super().parse_execute(restore_runtime_word(list(in_args)))
 
     def run(self, params: dict[str, Any]) -> int:
         if not params["triton"]:
@@ -66,6 +77,11 @@ class EnginesExport(_EnginesCommand):
                 return _error(f"engines-export: --keep {params['keep']}: give a whole number of versions, at "
                               "least 1 (or leave --keep out to keep all)", USAGE_ERROR)
         models = [m.strip() for m in params["models"].split(",") if m.strip()] or None
+        if params["release"]:
+            from .pull import release_export
+
+            return release_export(params, params["triton"], models=models, keep=keep, dry_run=params["dry_run"],
+                                  force=params["force"], prefer=params["prefer"] or None, link=not params["copy"])
         return run_export(self.config_path(params), params["triton"], models=models, keep=keep,
                           dry_run=params["dry_run"], force=params["force"], prefer=params["prefer"] or None,
                           link=not params["copy"], warmup=not params["no_warmup"])

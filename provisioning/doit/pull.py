@@ -50,6 +50,9 @@ class EnginesPull(_EnginesCommand):
         opt_models, opt_dry_run, opt_json,
     )
 
+    def parse_execute(self, in_args: list[str]) -> int:
+        return super().parse_execute(restore_runtime_word(list(in_args)))
+
     def execute(self, params: Any, args: list[str]) -> int:
         params, args = _options_after_positional(self, params, args)
         if len(args) != 1:
@@ -83,6 +86,19 @@ class EnginesPull(_EnginesCommand):
         return report.exit_code
 
 
+def release_export(params: dict[str, Any], repo: str, **options: Any) -> int:
+    """``engines-export --triton REPO --release RELEASE``: see :mod:`provisioning.release.export`."""
+    from ..release.export import export_release
+    from ..release.serving_config import load_serving_config, serving_config_path
+
+    _securesystemslib_without_aws()
+    config = load_serving_config(serving_config_path(params.get("serving_config") or None),
+                                 runtime=params.get("runtime") or None)
+    result = export_release(params["release"], repo, config, **options)
+    print("\n".join(result.lines), flush=True)
+    return 0
+
+
 def _securesystemslib_without_aws() -> None:
     """Import securesystemslib's signers without boto3, for this command's process only.
 
@@ -103,27 +119,28 @@ def _securesystemslib_without_aws() -> None:
             del sys.modules["boto3"]
 
 
-def _options_after_positional(command: Any, params: Any, args: list[str]) -> tuple[Any, list[str]]:
-    """Options after RELEASE too (doit stops at the first positional), and ``--runtime NAME==VERSION``.
+def restore_runtime_word(in_args: list[str]) -> list[str]:
+    """Put ``NAME==VERSION`` back after ``--runtime``, where the user wrote it.
 
-    doit takes any word holding ``=`` for one of its command-line variables (``name=value``),
-    so ``--runtime tensorrt==10.8.0.43`` reaches a command as ``--runtime`` alone, the value
-    kept as the variable ``tensorrt`` = ``=10.8.0.43``; it is put back here.
+    doit takes any word holding ``=`` for one of its command-line variables (``name=value``)
+    and removes it before a command parses its options, so ``--runtime tensorrt==10.8.0.43``
+    would reach the command as ``--runtime`` alone (the variable ``tensorrt`` = ``=10.8.0.43``).
     """
     spec = _runtime_variable()
-    params, words = dict(params), list(args)
-    if spec is not None and params.get("runtime") and "==" not in params["runtime"]:
-        words.insert(0, params["runtime"])  # --runtime before RELEASE took RELEASE as its value
-        params["runtime"] = spec
+    if spec is None or "--runtime" not in in_args:
+        return in_args
+    at = in_args.index("--runtime") + 1
+    return [*in_args[:at], spec, *in_args[at:]]
+
+
+def _options_after_positional(command: Any, params: Any, args: list[str]) -> tuple[Any, list[str]]:
+    """Options after RELEASE too (doit's parser stops at the first positional argument)."""
     takes_value = {f"--{o['long']}" for o in command.cmd_options if o["type"] is not bool}
-    positional, rest, i = [], [], 0
-    while i < len(words):
-        word = words[i]
-        if word == "--runtime" and spec is not None and (i + 1 == len(words) or words[i + 1].startswith("-")):
-            rest += [word, spec]
-            i += 1
-        elif word in takes_value and i + 1 < len(words):
-            rest += [word, words[i + 1]]
+    params, positional, rest, i = dict(params), [], [], 0
+    while i < len(args):
+        word = args[i]
+        if word in takes_value and i + 1 < len(args):
+            rest += [word, args[i + 1]]
             i += 2
         else:
             (rest if word.startswith("-") else positional).append(word)
