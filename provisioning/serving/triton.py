@@ -17,6 +17,10 @@ exported byte is hashed as it lands in the new version and compared with the eng
 sidecar, so only the verified bytes are ever published (a hard link where the repository
 shares the cache's file system, else a copy).
 
+Links are refused at ``REPO/<model>`` and below (the repository folder itself may be one):
+the plan checks, and the writer opens each model folder with O_NOFOLLOW and works through
+that descriptor (see :mod:`provisioning.serving.triton_repo`).
+
 :func:`plan_triton_export` checks everything and touches nothing (a dry run);
 :func:`~provisioning.serving.triton_repo.execute_export` writes. :func:`export_triton_repository` does both.
 """
@@ -32,11 +36,11 @@ from ..compiler import BackboneSpec, expected_build_inputs
 from ..corpus import LoadedCorpus
 from ..manifest import BuildInputs, explain_mismatch, read_manifest
 from ..schema import EngineFilenameSchema, ParsedEngineName
-from ..sidecar import Sha256Sidecar
+from ..sidecar import Sha256Sidecar, open_nofollow
 from .triton_config import ModelConfigSpec, onnx_tensors, read_platform, render_config, warmup_inputs
 from .triton_model import (LOCK_NAME, PROVENANCE, RETIRED_SUFFIX, SUMS, TEMP_SUFFIX, ExportError,  # noqa: F401
-                           ExportInputError, ExportPlan, ExportResult, ModelExport, TritonEngine, provenance,
-                           published_versions, temp_name, version_holds)
+                           ExportInputError, ExportPlan, ExportResult, ModelExport, TritonEngine, link_refusal,
+                           open_model_dir, provenance, published_versions, temp_name, version_holds)
 from .triton_repo import execute_export, note_lines
 
 __all__ = [
@@ -190,8 +194,13 @@ def _model_export(corpus: LoadedCorpus, spec: BackboneSpec, model_dir: Path, eng
     backend = corpus.host.backend
     platform = PLATFORMS[backend]
     config_path = model_dir / "config.pbtxt"
+    if os.path.islink(model_dir):
+        raise link_refusal(model_dir)
     if model_dir.exists() and not model_dir.is_dir():
         raise ExportInputError(f"{model_dir} is a file; Triton needs a folder per model there; move it away")
+    fd = open_model_dir(model_dir, create=False)  # ExportInputError: a link below REPO/<model>
+    if fd is not None:
+        os.close(fd)
     current = _read_text(config_path)
     if current is not None and not force:
         existing = read_platform(current)
@@ -233,11 +242,13 @@ def _renamed(engine: TritonEngine, file_name: str) -> TritonEngine:
 
 def _read_text(path: Path) -> str | None:
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        with os.fdopen(open_nofollow(path), "rb") as handle:  # no link, and a FIFO does not block
+            return handle.read().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return None
     except IsADirectoryError:
-        raise ExportInputError(f"{path} is a folder; remove it (Triton reads config.pbtxt as a file)") from None
+        what = "a folder" if path.is_dir() else "not a regular file (a FIFO?)"
+        raise ExportInputError(f"{path} is {what}; remove it (Triton reads config.pbtxt as a file)") from None
     except OSError as exc:
         raise ExportInputError(f"cannot read {path} ({exc.strerror}); fix its permissions") from None
 

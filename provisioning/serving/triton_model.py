@@ -18,6 +18,8 @@ from typing import Iterable
 from ..errors import ProvisioningError
 from ..sidecar import hash_fd, open_nofollow
 
+DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 PROVENANCE = "provisioning.json"
 SUMS = "SHA256SUMS"
 LOCK_NAME = ".provisioning-export.lock"
@@ -92,7 +94,8 @@ def published_versions(model_dir: Path) -> list[int]:
         names = os.listdir(model_dir)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(int(n) for n in names if n.isdigit() and int(n) > 0 and (model_dir / n).is_dir())
+    return sorted(int(n) for n in names
+                  if n.isdigit() and int(n) > 0 and (model_dir / n).is_dir() and not (model_dir / n).is_symlink())
 
 
 def version_holds(version_dir: Path, engines: Iterable[TritonEngine]) -> bool:
@@ -133,3 +136,77 @@ def temp_name(version: int) -> str:
     """A hidden, process-unique name for a version being written (Triton ignores it)."""
     return f".{version}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
 
+
+
+def link_refusal(path: Path) -> "ExportInputError":
+    """The one-line refusal of a link at ``REPO/<model>`` or below (exit 2)."""
+    return ExportInputError(f"{path} is a symlink; engines-export never writes, retires or reads through a link at "
+                            "REPO/<model> or below (it could reach outside the repository); replace it with a real "
+                            "folder or file, or remove it")
+
+
+def open_model_dir(model_dir: Path, *, create: bool) -> int | None:
+    """A descriptor of ``REPO/<model>``, opened without following a link; None when absent (and not created).
+
+    ExportInputError when the folder, or a version folder, ``config.pbtxt``, the lock file or
+    anything inside a version folder is a symlink. The repository folder itself may be a link
+    (the user chose it); below it, every write goes through this descriptor (:func:`pinned`),
+    so swapping ``REPO/<model>`` for a link afterwards changes nothing.
+    """
+    try:
+        repo_fd = os.open(model_dir.parent, DIR_FLAGS)
+    except FileNotFoundError:
+        if create:
+            raise
+        return None
+    try:
+        if create:
+            try:
+                os.mkdir(model_dir.name, 0o755, dir_fd=repo_fd)
+            except FileExistsError:
+                pass
+        try:
+            fd = os.open(model_dir.name, DIR_FLAGS | NOFOLLOW, dir_fd=repo_fd)
+        except FileNotFoundError:
+            if create:
+                raise
+            return None
+        except OSError:
+            if os.path.islink(model_dir):
+                raise link_refusal(model_dir) from None
+            raise
+    finally:
+        os.close(repo_fd)
+    try:
+        refuse_links(fd, model_dir)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def refuse_links(fd: int, model_dir: Path) -> None:
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            ours = entry.name in ("config.pbtxt", LOCK_NAME) or entry.name.isdigit()
+            if ours and entry.is_symlink():
+                raise link_refusal(model_dir / entry.name)
+            if entry.name.isdigit() and entry.is_dir(follow_symlinks=False):
+                child = os.open(entry.name, DIR_FLAGS | NOFOLLOW, dir_fd=fd)
+                try:
+                    with os.scandir(child) as inside:
+                        for item in inside:
+                            if item.is_symlink():
+                                raise link_refusal(model_dir / entry.name / item.name)
+                finally:
+                    os.close(child)
+
+
+def pinned(fd: int, fallback: Path) -> Path:
+    """A path that reaches the folder open at ``fd`` whatever its name now points to (``/proc/self/fd``).
+
+    Where /proc is missing, ``fallback`` (the folder's name): then a link swapped in after
+    :func:`open_model_dir` checked is followed; a documented limit of such systems.
+    """
+    path = Path(f"/proc/self/fd/{fd}")
+    return path if os.path.isdir(path) else fallback

@@ -1,5 +1,10 @@
 """The writing half of a Triton export: hidden version folder, fsync, rename; config.pbtxt by rename.
 
+Nothing at ``REPO/<model>`` or below is followed through a link: the model folder is opened
+with O_NOFOLLOW (a link there, or at a version folder, ``config.pbtxt``, the lock file or
+inside a version, is refused with one line, exit 2), and every write, rename and deletion
+goes through that open folder (``/proc/self/fd/N``), never through its name again.
+
 Order per model, under a per-model lock file (``.provisioning-export.lock``) so that two
 exports never interleave: remove the hidden leftovers of interrupted exports, compare the
 newest version with the engines (SHA-256), write a new version only if they differ,
@@ -14,12 +19,11 @@ import os
 import shutil
 from pathlib import Path
 
-from filelock import FileLock
-
+from ..cache import safe_lock
 from ..sidecar import atomic_write_bytes, fsync_dir, hash_fd, open_nofollow, write_temp
-from .triton_model import (LOCK_NAME, PROVENANCE, RETIRED_SUFFIX, SUMS, TEMP_SUFFIX, ExportError, ExportPlan,
-                           ExportResult, ModelExport, TritonEngine, provenance, published_versions, temp_name,
-                           version_holds)
+from .triton_model import (DIR_FLAGS, LOCK_NAME, NOFOLLOW, PROVENANCE, RETIRED_SUFFIX, SUMS, TEMP_SUFFIX,
+                           ExportError, ExportPlan, ExportResult, ModelExport, TritonEngine, open_model_dir, pinned,
+                           provenance, published_versions, refuse_links, temp_name, version_holds)
 
 __all__ = ["execute_export"]
 
@@ -53,48 +57,62 @@ def note_lines(plan: ExportPlan) -> list[str]:
 
 
 def _export_model(model: ModelExport, keep: int | None, link: bool, result: ExportResult) -> None:
-    name, folder = model.model_name, model.model_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder / LOCK_NAME)):
-        removed = _clean_leftovers(folder)
-        if removed:
-            result.lines.append(f"{name}: removed {removed} hidden leftover(s) of an interrupted export")
-        versions = published_versions(folder)
-        newest = versions[-1] if versions else None
-        if newest is not None and version_holds(folder / str(newest), model.engines):
-            result.lines.append(f"{name}: unchanged: version {newest} already holds these engines (sha256); "
-                                "no version written")
-        else:
-            version = (newest or 0) + 1
-            method = _write_version(model, version, link)
-            versions.append(version)
-            result.written.append(folder / str(version))
-            files = ", ".join(e.file_name + (f" [{e.compute_capability}]" if len(model.engines) > 1 else "")
-                              for e in model.engines)
-            result.lines.append(f"{name}: version {version} ({model.platform}, {method}): {files}")
-        config = folder / "config.pbtxt"
-        if _current_text(config) != model.config_text:
-            atomic_write_bytes(config, model.config_text.encode())
-            fsync_dir(folder)
-            result.lines.append(f"{name}: wrote {config}")
-        if keep is not None and len(versions) > keep:
-            retired = versions[:-keep]
-            _retire(folder, retired)
-            result.lines.append(f"{name}: retired version(s) {', '.join(map(str, retired))} (--keep {keep})")
+    model.model_dir.parent.mkdir(parents=True, exist_ok=True)
+    fd = open_model_dir(model.model_dir, create=True)  # ExportInputError for a link at REPO/<model> or below
+    try:
+        with safe_lock(model.model_dir / LOCK_NAME):
+            refuse_links(fd, model.model_dir)  # again, holding the lock: another export may have been first
+            _export_locked(model, pinned(fd, model.model_dir), keep, link, result)
+    finally:
+        os.close(fd)
 
 
-def _write_version(model: ModelExport, version: int, link: bool) -> str:
+def _export_locked(model: ModelExport, folder: Path, keep: int | None, link: bool, result: ExportResult) -> None:
+    """The export of one model into ``folder``, the pinned path of its open, checked folder."""
+    name = model.model_name
+    removed = _clean_leftovers(folder)
+    if removed:
+        result.lines.append(f"{name}: removed {removed} hidden leftover(s) of an interrupted export")
+    versions = published_versions(folder)
+    newest = versions[-1] if versions else None
+    if newest is not None and version_holds(folder / str(newest), model.engines):
+        result.lines.append(f"{name}: unchanged: version {newest} already holds these engines (sha256); "
+                            "no version written")
+    else:
+        version = (newest or 0) + 1
+        method = _write_version(model, folder, version, link)
+        versions.append(version)
+        result.written.append(model.model_dir / str(version))
+        files = ", ".join(e.file_name + (f" [{e.compute_capability}]" if len(model.engines) > 1 else "")
+                          for e in model.engines)
+        result.lines.append(f"{name}: version {version} ({model.platform}, {method}): {files}")
+    config = folder / "config.pbtxt"
+    if current_text(config) != model.config_text:
+        atomic_write_bytes(config, model.config_text.encode())
+        fsync_dir(folder)
+        result.lines.append(f"{name}: wrote {model.model_dir / 'config.pbtxt'}")
+    if keep is not None and len(versions) > keep:
+        retired = versions[:-keep]
+        _retire(folder, retired)
+        result.lines.append(f"{name}: retired version(s) {', '.join(map(str, retired))} (--keep {keep})")
+
+
+def _write_version(model: ModelExport, folder: Path, version: int, link: bool) -> str:
     """Fill a hidden folder, fsync it, rename it to ``version``; returns how the bytes got there."""
-    folder = model.model_dir
     tmp = folder / temp_name(version)
     os.mkdir(tmp)
     try:
-        methods = [_place(model.model_name, engine, tmp / engine.file_name, link) for engine in model.engines]
-        method = " and ".join(sorted(set(methods)))
-        atomic_write_bytes(tmp / PROVENANCE, provenance(model, version, method))
-        sums = "".join(f"{e.sha256}  {e.file_name}\n" for e in model.engines)
-        atomic_write_bytes(tmp / SUMS, sums.encode())
-        fsync_dir(tmp)
+        tmp_fd = os.open(tmp, DIR_FLAGS | NOFOLLOW)  # the new folder itself, whatever its name becomes meanwhile
+        try:
+            inside = pinned(tmp_fd, tmp)
+            methods = [_place(model.model_name, engine, inside / engine.file_name, link) for engine in model.engines]
+            method = " and ".join(sorted(set(methods)))
+            atomic_write_bytes(inside / PROVENANCE, provenance(model, version, method))
+            sums = "".join(f"{e.sha256}  {e.file_name}\n" for e in model.engines)
+            atomic_write_bytes(inside / SUMS, sums.encode())
+            os.fsync(tmp_fd)
+        finally:
+            os.close(tmp_fd)
         os.rename(tmp, folder / str(version))  # the commit point: Triton sees all of it or nothing
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -137,9 +155,11 @@ def _require(model_name: str, engine: TritonEngine, sha256: str, landed: Path) -
                           "export again")
 
 
-def _current_text(path: Path) -> str | None:
+def current_text(path: Path) -> str | None:
+    """The text of a regular file (no link, no FIFO: see :func:`open_nofollow`); None when unreadable."""
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        with os.fdopen(open_nofollow(path), "rb") as handle:
+            return handle.read().decode("utf-8", errors="replace")
     except OSError:
         return None
 
