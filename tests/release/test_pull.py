@@ -194,8 +194,8 @@ def test_doit_engines_pull_runs_without_a_dodo_and_names_the_runtime_it_used(kit
     assert "tensorrt 10.16.1.11 (given)" in lines[0] and "NVIDIA H100 80GB HBM3 sm90" in lines[0]
     assert lines[1].startswith("PULLED cls ") and lines[2] == f"PULLED det {kit.variants['det'][0].engine} (exact)"
 
-    done = doit_pull(serving.parent, str(release), "--serving-config", str(serving), "--json",
-                     "--runtime=tensorrt==10.16.1.11", "--allow-cpu-fallback")
+    done = doit_pull(serving.parent, "--runtime", "tensorrt==10.16.1.11", str(release), "--serving-config",
+                     str(serving), "--json", "--allow-cpu-fallback")
     document = json.loads(done.stdout)
     assert done.returncode == 0 and [b["state"] for b in document["backbones"]] == ["PRESENT", "PRESENT", "PULLED"]
     assert document["host"]["runtime_given"] is True
