@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from .config_fields import names, shown
 from .errors import ConfigError
 
 MODES = ("read-write", "read-only", "off")
@@ -111,11 +112,11 @@ def parse_remote_config(raw: Mapping[str, Any], config_path: Path) -> RemoteConf
     unknown = sorted(str(k) for k in raw if k not in _KEYS)
     if unknown:
         raise ConfigError(
-            f"{config_path}: field 'remote': unknown key(s) {', '.join(unknown)}; allowed keys are {', '.join(_KEYS)}"
+            f"{config_path}: field 'remote': unknown key(s) {names(unknown)}; allowed keys are {', '.join(_KEYS)}"
         )
     mode = raw.get("mode", "read-write")
     if mode not in MODES:
-        raise _error(config_path, "mode", f"unknown value {mode!r}; use one of {', '.join(MODES)}")
+        raise _error(config_path, "mode", f"unknown value {shown(mode)}; use one of {', '.join(MODES)}")
     if "url" not in raw:
         raise _error(config_path, "url", "missing; give an fsspec URL such as s3://bucket/engines or file:///srv/engines")
     url = _url(raw["url"], config_path)
@@ -123,7 +124,7 @@ def parse_remote_config(raw: Mapping[str, Any], config_path: Path) -> RemoteConf
     if endpoint is not None:
         parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise _error(config_path, "endpoint_url", f"must be an http(s) URL such as http://127.0.0.1:9000, got {endpoint!r}")
+            raise _error(config_path, "endpoint_url", f"must be an http(s) URL such as http://127.0.0.1:9000, got {shown(endpoint)}")
         if parts.username or parts.password:
             raise _error(config_path, "endpoint_url", "must not contain credentials; use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
     signing = _signing_key(raw.get("signing_key"), config_path)
@@ -167,21 +168,21 @@ def _name(raw: Mapping[str, Any], key: str, default: str | None, config_path: Pa
     if value is None:
         return None
     if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
-        raise _error(config_path, key, f"must be 1-64 characters of A-Z a-z 0-9 . _ -, got {value!r}")
+        raise _error(config_path, key, f"must be 1-64 characters of A-Z a-z 0-9 . _ -, got {shown(value)}")
     return value
 
 
 def _size(raw: Mapping[str, Any], key: str, default: int, config_path: Path) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise _error(config_path, key, f"must be a positive whole number of bytes, got {value!r}")
+        raise _error(config_path, key, f"must be a positive whole number of bytes, got {shown(value)}")
     return value
 
 
 def _flag(raw: Mapping[str, Any], key: str, default: bool, config_path: Path) -> bool:
     value = raw.get(key, default)
     if not isinstance(value, bool):
-        raise _error(config_path, key, f"must be true or false, got {value!r}")
+        raise _error(config_path, key, f"must be true or false, got {shown(value)}")
     return value
 
 
@@ -230,10 +231,10 @@ def check_endpoint_env(config: RemoteConfig) -> None:
 
 def _url(raw: Any, config_path: Path) -> str:
     if not isinstance(raw, str) or "://" not in raw:
-        raise _error(config_path, "url", f"must be an fsspec URL such as s3://bucket/engines, got {raw!r}")
+        raise _error(config_path, "url", f"must be an fsspec URL such as s3://bucket/engines, got {shown(raw)}")
     protocol, _, rest = raw.partition("://")
     if protocol not in PROTOCOLS:
-        raise _error(config_path, "url", f"protocol {protocol!r} is not supported; use s3:// or file://")
+        raise _error(config_path, "url", f"protocol {shown(protocol)} is not supported; use s3:// or file://")
     if protocol == "file":
         # A relative shared-mount path is anchored at the config's folder, like cache_dir.
         path = os.path.normpath(os.path.join(config_path.parent, os.path.expanduser(rest)))
@@ -242,14 +243,14 @@ def _url(raw: Any, config_path: Path) -> str:
     if "@" in bucket or ":" in bucket:
         raise _error(config_path, "url", "must not contain credentials; put them in AWS_* environment variables")
     if not bucket:
-        raise _error(config_path, "url", f"has no bucket name: {raw!r}")
+        raise _error(config_path, "url", f"has no bucket name: {shown(raw)}")
     return f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")
 
 
 def _seconds(raw: Mapping[str, Any], key: str, default: float, config_path: Path) -> float:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise _error(config_path, key, f"must be a positive number, got {value!r}")
+        raise _error(config_path, key, f"must be a positive number, got {shown(value)}")
     return float(value)
 
 
@@ -260,26 +261,26 @@ def _signing_key(raw: Any, config_path: Path, field: str = "signing_key", truste
         raise _error(config_path, field, "must be a mapping: {env: VAR} or {file: PATH} (never the key itself)")
     algorithm = raw.get("algorithm", "hmac-sha256")
     if algorithm not in ALGORITHMS:
-        raise _error(config_path, f"{field}.algorithm", f"unknown value {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+        raise _error(config_path, f"{field}.algorithm", f"unknown value {shown(algorithm)}; use one of {', '.join(ALGORITHMS)}")
     common = ("algorithm", "id", "host_key_prefixes") if trusted else ("algorithm", "id")
     key_id = raw.get("id")
     if trusted and key_id is None:
         raise _error(config_path, field, "needs an id: the key id its builders sign with (engines-doctor prints it)")
     if key_id is not None and (not isinstance(key_id, str) or not _NAME_RE.fullmatch(key_id)
                                or key_id == "unsigned"):
-        raise _error(config_path, f"{field}.id", f"must be 1-64 characters of A-Z a-z 0-9 . _ - (not 'unsigned'), got {key_id!r}")
+        raise _error(config_path, f"{field}.id", f"must be 1-64 characters of A-Z a-z 0-9 . _ - (not 'unsigned'), got {shown(key_id)}")
     prefixes = raw.get("host_key_prefixes", [])
     if (not isinstance(prefixes, list) or not all(isinstance(p, str) and p for p in prefixes)):
-        raise _error(config_path, f"{field}.host_key_prefixes", f"must be a list of host-key prefixes, got {prefixes!r}")
+        raise _error(config_path, f"{field}.host_key_prefixes", f"must be a list of host-key prefixes, got {shown(prefixes)}")
     if algorithm == "hmac-sha256":
         unknown = sorted(str(k) for k in raw if k not in (*common, *_SOURCE_KEYS))
         if unknown:
-            raise _error(config_path, field, f"unknown key(s) {', '.join(unknown)}; use env or file")
+            raise _error(config_path, field, f"unknown key(s) {names(unknown)}; use env or file")
         return SigningKeyConfig(algorithm, secret=_source(raw, field, config_path), key_id=key_id,
                                 host_key_prefixes=tuple(prefixes))
     unknown = sorted(str(k) for k in raw if k not in (*common, "private_key", "public_key"))
     if unknown:
-        raise _error(config_path, field, f"unknown key(s) {', '.join(unknown)}; use private_key, public_key")
+        raise _error(config_path, field, f"unknown key(s) {names(unknown)}; use private_key, public_key")
     if trusted and "private_key" in raw:
         raise _error(config_path, f"{field}.private_key", "a trusted key only verifies: give its public_key")
     private = _source(raw["private_key"], f"{field}.private_key", config_path) if "private_key" in raw else None
@@ -299,7 +300,7 @@ def _trusted_keys(raw: Any, config_path: Path) -> tuple[SigningKeyConfig, ...]:
     for index, item in enumerate(raw):
         key = _signing_key(item, config_path, f"trusted_keys[{index}]", trusted=True)
         if key.key_id in ids:
-            raise _error(config_path, f"trusted_keys[{index}].id", f"{key.key_id!r} is listed twice")
+            raise _error(config_path, f"trusted_keys[{index}].id", f"{shown(key.key_id)} is listed twice")
         ids.add(key.key_id)
         keys.append(key)
     return tuple(keys)

@@ -28,7 +28,11 @@ from provisioning.remote.signing import split_record, unsigned_record
 from tests.conftest import CORPUS, DEFAULT_BACKBONES, write_corpus_yaml
 
 from .conftest import forged_record, make_ed25519_keys, make_host, s3fs_client
-from .test_mutation_cache import Scripted, Site, built, logs, site  # noqa: F401  (fixtures)
+from . import test_mutation_cache as cache_tests
+from .test_mutation_cache import Scripted, Site
+
+# test_mutation_cache.py's fixtures: one real ONNX Runtime engine (det), logs, the shared folder
+built, logs, site = cache_tests.built, cache_tests.logs, cache_tests.site
 
 
 def _folder_with_a_file(path: Path) -> None:
@@ -311,3 +315,41 @@ def test_a_release_deletes_this_hosts_own_lease(site):
     assert store.create_exclusive(str(site.lease), holder.document(), 2)
     holder.release()
     assert not site.lease.exists()
+
+
+# --- item 13: the remote: block's error lines are capped (a YAML alias bomb) -------------------------
+
+def _alias_bomb(levels: int = 6) -> str:
+    """A YAML flow sequence of anchors, each nine aliases of the one before: 9**levels leaves, a few hundred bytes."""
+    parts = ["&a0 [x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, levels + 1):
+        parts.append(f"&a{level} [" + ", ".join([f"*a{level - 1}"] * 9) + "]")
+    return "[" + ", ".join(parts) + "]"
+
+
+@pytest.mark.parametrize("field, block", [
+    ("mode", "{{url: 's3://b/p', mode: {bomb}}}"),
+    ("url", "{{url: {bomb}}}"),
+    ("endpoint_url", "{{url: 's3://b/p', endpoint_url: {bomb}}}"),
+    ("timeout_s", "{{url: 's3://b/p', timeout_s: {bomb}}}"),
+    ("require_signature", "{{url: 's3://b/p', require_signature: {bomb}}}"),
+    ("namespace", "{{url: 's3://b/p', namespace: {bomb}}}"),
+    ("max_engine_bytes", "{{url: 's3://b/p', max_engine_bytes: {bomb}}}"),
+    ("signing_key.algorithm", "{{url: 's3://b/p', signing_key: {{algorithm: {bomb}, env: K}}}}"),
+    ("signing_key.id", "{{url: 's3://b/p', signing_key: {{id: {bomb}, env: K}}}}"),
+    ("signing_key.host_key_prefixes", "{{url: 's3://b/p', signing_key: {{host_key_prefixes: {bomb}, env: K}}}}"),
+])
+def test_an_alias_bomb_in_the_remote_block_gives_a_short_error_line(tmp_path, field, block):
+    folder = tmp_path / "corpus"
+    shutil.copytree(CORPUS / "models", folder / "models")
+    path = write_corpus_yaml(folder, [dict(DEFAULT_BACKBONES[0])])
+    text = path.read_text().replace("backbones:", "remote: " + block.format(bomb=_alias_bomb()) + "\nbackbones:", 1)
+    path.write_text(text)
+    assert len(text) < 2000
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    line = str(caught.value)
+    assert f"field 'remote.{field}'" in line and "\n" not in line
+    assert len(line) < 600, f"{len(line)} characters"
+    assert time.monotonic() - started < 5
