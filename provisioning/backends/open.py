@@ -11,8 +11,7 @@ import os
 from typing import Any
 
 from ..errors import BackendError
-from ..sidecar import open_nofollow
-from ..verify import verify_engine
+from ..sidecar import hash_fd, open_nofollow, stat_signature
 
 __all__ = ["open_engine"]
 
@@ -40,13 +39,36 @@ def open_engine(entry: Any) -> Any:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     where = f"engine {entry.path}"
-    if entry.size > _PROTOBUF_LIMIT:  # too large to parse from memory: verified, then opened by path
-        if verify_engine(entry.path).sha256 != entry.sha256:
-            raise BackendError(f"{where}: bytes changed since it was resolved; resolve it again")
-        return ort.InferenceSession(str(entry.path), options, providers=["CPUExecutionProvider"])
+    if entry.size > _PROTOBUF_LIMIT:  # too large to parse from memory: hashed, then opened through that descriptor
+        return _open_large(ort, entry, options, where)
     with os.fdopen(open_nofollow(entry.path), "rb") as handle:
         blob = handle.read()
     if hashlib.sha256(blob).hexdigest() != entry.sha256:
         raise BackendError(f"{where}: bytes do not match the resolved SHA-256 (changed or corrupt); "
                            "resolve it again or rebuild it with doit engines")
     return ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+
+
+def _open_large(ort: Any, entry: Any, options: Any, where: str) -> Any:
+    """An engine ONNX Runtime must read from a file: the very file that was hashed (issue 22 item 12).
+
+    The file is opened once, hashed through that descriptor and handed to ONNX Runtime as
+    ``/proc/self/fd/N``, which names the open file, not the path: a file swapped in at the
+    path after the hash is never read. A write into the same file (its owner can) changes
+    its ctime, which cannot be set back: the stat signature is compared once the session
+    holds the model, and a change refuses it. Without ``/proc`` (not Linux) the file is
+    opened by path after the hash: a swap in between is the documented window.
+    """
+    fd = open_nofollow(entry.path)
+    try:
+        before = stat_signature(os.fstat(fd))
+        if hash_fd(fd)[0] != entry.sha256:
+            raise BackendError(f"{where}: bytes changed since it was resolved; resolve it again")
+        by_descriptor = f"/proc/self/fd/{fd}"
+        source = by_descriptor if os.path.exists(by_descriptor) else str(entry.path)
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        if stat_signature(os.fstat(fd)) != before:
+            raise BackendError(f"{where}: bytes changed while it was opened; resolve it again")
+        return session
+    finally:
+        os.close(fd)
