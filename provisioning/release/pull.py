@@ -21,9 +21,11 @@ remaining downloads are not tried.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ from .serving_config import ServingConfig
 READY = ("PULLED", "PRESENT", "PLANNED")
 _MAX_MANIFEST = 1 << 20
 _DOWNLOADS = 8  # engines downloaded at once (each with its own ranged parts)
+_FREE_MARGIN = 64 << 20  # left free after a download, as a fetch from the remote cache leaves
 
 
 @dataclass
@@ -284,6 +287,9 @@ def _fetch(run: _Run, release: Release, variant: Variant, path: Path) -> None:
     if blob is None:
         raise FileNotFoundError(variant.entry.manifest)
     _check_manifest(blob, variant, release)
+    free = shutil.disk_usage(path.parent).free
+    if free < variant.size + _FREE_MARGIN:
+        raise OSError(errno.ENOSPC, f"{free >> 20} MiB free, the engine needs {(variant.size + _FREE_MARGIN) >> 20} MiB")
     fd, tmp = create_temp(path)
     try:
         try:

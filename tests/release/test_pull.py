@@ -257,3 +257,4 @@ def test_a_serving_config_without_keys_is_refused(kit, tmp_path):
     with pytest.raises(ConfigError, match="a pull verifies the release with the fleet's key") as caught:
         pull_release(release, load_serving_config(path), host=serving_host(H100, tensorrt="10.16.1.11"))
     assert caught.value.exit_code == 2 and not (tmp_path / "cache").exists()
+
