@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import os
 import re
+import stat
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -286,7 +287,9 @@ def _read(source: KeySource, where: str, field: str, *, secret: bool) -> bytes:
         return value.strip().encode()
     assert source.file is not None
     try:
-        data = source.file.read_bytes()
+        data = _read_key_file(source.file)
+    except _NotAKeyFile as exc:
+        raise ConfigError(f"{where}: field 'remote.{field}': key file {source.file} {exc}") from None
     except OSError as exc:
         raise ConfigError(
             f"{where}: field 'remote.{field}': cannot read key file {source.file} ({exc.strerror or type(exc).__name__})"
@@ -294,3 +297,37 @@ def _read(source: KeySource, where: str, field: str, *, secret: bool) -> bytes:
     if not data.strip():
         raise ConfigError(f"{where}: field 'remote.{field}': key file {source.file} is empty")
     return data.strip() if secret else data
+
+
+MAX_KEY_FILE_BYTES = 64 << 10  # a PEM key or a hex secret is well under 1 KiB
+
+
+class _NotAKeyFile(Exception):
+    """The key file is there but cannot be a key; the message says why (never the content)."""
+
+
+def _read_key_file(path) -> bytes:
+    """At most 64 KiB of a regular file; links are followed (mounted secrets are links).
+
+    The open is non-blocking, so a FIFO returns at once instead of waiting for a writer,
+    and anything but a regular file (a FIFO, /dev/zero, a folder) is refused before a
+    byte is read; the read is capped, so a huge file cannot take the memory.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _NotAKeyFile("is not a regular file (a FIFO, device or folder); point the field at the key file")
+        os.set_blocking(fd, True)
+        chunks, total = [], 0
+        while total <= MAX_KEY_FILE_BYTES:
+            chunk = os.read(fd, MAX_KEY_FILE_BYTES + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    finally:
+        os.close(fd)
+    if total > MAX_KEY_FILE_BYTES:
+        raise _NotAKeyFile(f"is larger than {MAX_KEY_FILE_BYTES // 1024} KiB, too large for a key; point the field at "
+                           "the key file")
+    return b"".join(chunks)

@@ -13,6 +13,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -353,3 +355,74 @@ def test_an_alias_bomb_in_the_remote_block_gives_a_short_error_line(tmp_path, fi
     assert f"field 'remote.{field}'" in line and "\n" not in line
     assert len(line) < 600, f"{len(line)} characters"
     assert time.monotonic() - started < 5
+
+
+# --- item 14: a key file that is /dev/zero, a FIFO or huge ---------------------------------------
+
+_LOAD_KEYS = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # /dev/zero read whole would take it all
+from provisioning import ConfigError, load_config
+from provisioning.remote import make_remote_cache
+try:
+    make_remote_cache(load_config(sys.argv[1]))
+except ConfigError as exc:
+    print(exc)
+    sys.exit(0)
+print("no error")
+sys.exit(3)
+"""
+
+
+def _key_file_error(tmp_path: Path, key: Path, algorithm: str) -> str:
+    folder = tmp_path / "corpus"
+    shutil.copytree(CORPUS / "models", folder / "models")
+    source = {"file": str(key)}
+    signing = ({"algorithm": "hmac-sha256", **source} if algorithm == "hmac-sha256"
+               else {"algorithm": "ed25519", "private_key": source})
+    path = write_corpus_yaml(folder, [dict(DEFAULT_BACKBONES[0])],
+                             remote={"url": f"file://{tmp_path / 'shared'}", "signing_key": signing})
+    result = subprocess.run([sys.executable, "-c", _LOAD_KEYS, str(path)], capture_output=True, text=True, timeout=60,
+                            cwd=str(Path(__file__).resolve().parents[2]))
+    assert result.returncode == 0, (result.returncode, result.stdout[-500:], result.stderr[-2000:])
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result
+    return lines[0]
+
+
+@pytest.mark.parametrize("algorithm", ["hmac-sha256", "ed25519"])
+@pytest.mark.parametrize("kind", ["/dev/zero", "fifo", "folder"])
+def test_a_key_file_that_is_not_a_regular_file_is_one_config_error(tmp_path, kind, algorithm):
+    field = "signing_key" if algorithm == "hmac-sha256" else "signing_key.private_key"
+    if kind == "fifo":
+        key = tmp_path / "key.fifo"
+        os.mkfifo(key)
+    elif kind == "folder":
+        key = tmp_path / "key.d"
+        key.mkdir()
+    else:
+        key = Path(kind)
+    started = time.monotonic()
+    line = _key_file_error(tmp_path, key, algorithm)
+    assert time.monotonic() - started < 30
+    assert line.endswith(f"field 'remote.{field}': key file {key} is not a regular file (a FIFO, device or folder); "
+                         "point the field at the key file"), line
+
+
+def test_a_key_file_over_64_kib_is_refused_unread(tmp_path):
+    key = tmp_path / "big.key"
+    key.write_bytes(b"a" * (64 << 10) + b"b")
+    line = _key_file_error(tmp_path, key, "hmac-sha256")
+    assert line.endswith(f"field 'remote.signing_key': key file {key} is larger than 64 KiB, too large for a key; "
+                         "point the field at the key file"), line
+
+
+def test_a_key_file_behind_a_link_still_loads(tmp_path, site):
+    """Mounted secrets are links (Kubernetes: key -> ..data/key): following them stays allowed."""
+    target = tmp_path / "secret" / "key"
+    target.parent.mkdir()
+    target.write_text("k" * 32 + "\n")
+    link = tmp_path / "key"
+    link.symlink_to(target)
+    cache = site.cache(signing_key={"algorithm": "hmac-sha256", "file": str(link)})
+    assert cache.keys is not None and cache.keys.signing_id
