@@ -193,3 +193,32 @@ def test_stat_mode_never_reads_or_writes_records_through_a_symlinked_folder(tmp_
                "sha256": Sha256Sidecar.read(path).sha256}
     (elsewhere / (path.name + ".json")).write_text(json.dumps(planted))
     assert not verify_engine(path, "stat").ok
+
+
+def test_stat_mode_does_not_record_an_engine_that_changed_while_hashed(tmp_path):
+    """The record is written only when the engine's stat signature is what it was before the hash."""
+    from provisioning.verify import record_path
+
+    path = _engine(tmp_path)
+
+    class RewriteOnce:
+        """Entered around each chunk: the first time, the same bytes are written again (it verifies, but changed)."""
+
+        done = False
+
+        def __enter__(self):
+            if not self.done:
+                data = path.read_bytes()
+                time.sleep(0.01)
+                with open(path, "r+b") as handle:
+                    handle.write(data)
+                self.done = True
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    guard = RewriteOnce()
+    assert verify_engine(path, "stat", guard).ok
+    assert guard.done and not record_path(path).exists()
+    assert verify_engine(path, "stat").ok and record_path(path).exists()  # unchanged this time: recorded
