@@ -426,3 +426,27 @@ def test_a_key_file_behind_a_link_still_loads(tmp_path, site):
     link.symlink_to(target)
     cache = site.cache(signing_key={"algorithm": "hmac-sha256", "file": str(link)})
     assert cache.keys is not None and cache.keys.signing_id
+
+
+# --- item 20: remote-controlled names reach the logs escaped (ascii, not repr) -----------------------
+
+LOOK_ALIKE = "fl\u0435et"  # "fleet" with a Cyrillic e: the key id a reader would trust at a glance
+
+
+def test_a_look_alike_key_id_is_logged_escaped(site, logs):
+    site.cache("builder").publish(site.built)
+    site.commit().rename(site.commit(LOOK_ALIKE))
+    assert site.fetch(site.cache(signing_key={"env": "CACHE_KEY"}, mode="read-only")) is None
+    [line] = [r.getMessage() for r in logs.events("remote_untrusted")]
+    assert "does not trust ('fl\\u0435et'); building det locally" in line, line
+    assert line.isascii()
+
+
+def test_a_look_alike_lease_owner_is_logged_escaped(site, logs):
+    _plant_lease(site, 0, expires=0.0)
+    site.lease.write_bytes(json.dumps({"owner": "h\u043ast-a:1:\u202eevil\nFAKE LINE", "expires": 0.0}).encode())
+    cache = site.cache()
+    assert site.fetch(cache) is None
+    [line] = [m for m in logs.lines(20) if "taking over" in m]
+    assert line.isascii() and "\n" not in line and "\\u043a" in line and "\\u202e" in line, line
+    cache._leases[site.name].release()
