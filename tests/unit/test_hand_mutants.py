@@ -8,6 +8,7 @@ named test file exists. A rule that moved without its mutant fails here, not sil
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("hand_mutants", ROOT / "benchmarks" / "hand_mutants.py")
 hand_mutants = importlib.util.module_from_spec(_spec)
+sys.modules["hand_mutants"] = hand_mutants  # dataclasses looks its module up while building the class
 _spec.loader.exec_module(hand_mutants)
 MUTANTS = hand_mutants.load_mutants()
 
