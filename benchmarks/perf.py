@@ -23,8 +23,11 @@ real ONNX Runtime backend through a real ``doit engines``:
 
 Every timing is the best of ``--repeat`` runs (the machine is shared: others' work only adds
 time). A row whose dependency is missing prints "not run: <why>" and never counts as passing.
-Every run's figures go to ``benchmarks/results/<date>-<machine>.json``.
-Exit status 0 when every row that ran passed (always with --quick), 1 otherwise.
+Every run's figures go to ``benchmarks/results/<date>-<machine>.json``; a ``--quick`` run's go
+into its work folder, which is removed at the end like the workloads (``--keep`` keeps both),
+so a smoke test leaves nothing behind. ``--workdir DIR`` is created when it does not exist.
+Exit status 0 when every row that ran passed (always with --quick), 1 otherwise; 2 for a bad
+``--workdir``.
 """
 
 from __future__ import annotations
@@ -597,10 +600,8 @@ _VAD_INPUTS = {"input": {"min": [1, 512], "opt": [2, 512], "max": [4, 512]},
                "state": {"min": [2, 1, 128], "opt": [2, 2, 128], "max": [2, 4, 128]}}
 
 
-def bench_rtx_cold(work: Path, quick: bool) -> Row:
+def bench_rtx_cold(work: Path) -> Row:
     what = "cold `doit engines`, backend tensorrt-rtx, the bundled corpus + silero-vad / sum of compile_duration_s"
-    if quick:
-        return not_run("rtx-cold", what, "--quick (TensorRT-RTX builds take minutes)", 1.10)
     for module in ("tensorrt_rtx", "silero_vad"):
         why = missing(module)
         if why is not None:
@@ -737,12 +738,12 @@ def table(rows: list[Row], command: str, started: str, load_before: str) -> str:
 
 
 def write_results(rows: list[Row], scale: list[dict], command: str, started: str, load_before: str,
-                  quick: bool) -> Path:
-    """benchmarks/results/<date>-<machine>.json (a --quick run: under the work folder, never committed)."""
+                  quick: bool, work: Path) -> Path:
+    """benchmarks/results/<date>-<machine>.json (a --quick run: in the work folder ``work``, never committed)."""
     document = {"date": started, "machine": machine(), "cores": cores(), "load_start": load_before,
                 "load_end": load(), "command": command, "timing": "best of N", "quick": quick,
                 "rows": [{**asdict(r), "passed": r.passed} for r in rows], "scale": scale}
-    folder = RESULTS if not quick else Path(tempfile.gettempdir())
+    folder = RESULTS if not quick else work
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{time.strftime('%Y-%m-%d-%H%M', time.gmtime())}-{machine_slug()}{'-quick' if quick else ''}.json"
     path.write_text(json.dumps(document, indent=1) + "\n")
@@ -789,7 +790,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", action="store_true", help="also the 10/100/1,000 backbone sweep and its plot")
     parser.add_argument("--only", action="append", choices=BENCHES, help="run only these comparisons")
     parser.add_argument("--repeat", type=int, help="timings per comparison (the best is kept)")
-    parser.add_argument("--workdir", help="parent folder for the workloads (default: the system temp folder)")
+    parser.add_argument("--workdir", help="parent folder for the workloads, created if missing "
+                        "(default: the system temp folder)")
     parser.add_argument("--plot", help=f"where --scale writes its picture (default {PLOT.relative_to(ROOT)}; "
                         "with --quick: the work folder)")
     parser.add_argument("--keep", action="store_true", help="keep the workloads folder")
@@ -800,6 +802,12 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     chosen = args.only or list(BENCHES)
     started, load_before = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), load()
+    if args.workdir:
+        try:
+            Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            parser.error(f"--workdir {args.workdir}: cannot create it ({exc.strerror or exc}); "
+                         "give a folder that exists or can be created")
     work = Path(tempfile.mkdtemp(prefix="provisioning-perf.", dir=args.workdir))
     rows: list[Row] = []
     points: list[dict] = []
@@ -827,24 +835,27 @@ def main(argv: list[str] | None = None) -> int:
                 target = Path(args.plot) if args.plot else (work / "perf-scale.png" if quick else PLOT)
                 picture = plot(points, target)
         if "rtx" in chosen:
-            rows.append(bench_rtx_cold(work, quick))
+            rows.append(bench_rtx_cold(work))  # the 4 RTX builds take 0.1-0.4 s each: --quick runs it too
         rows.append(fetch_row())
+        command = " ".join([REPRO, *(argv if argv is not None else sys.argv[1:])])
+        print(table(rows, command, started, load_before))
+        if points:
+            print("\nscale (seconds, best of N):")
+            keys = ("backbones", "cold_s", "compile_s", "full_s", "stat_s", "list_s", "openssl_s")
+            print("| " + " | ".join(keys) + " |")
+            for p in points:
+                print("| " + " | ".join(f"{p[k]:.3f}" if isinstance(p[k], float) else str(p[k]) for k in keys) + " |")
+        if picture:
+            print(f"\nscale picture: {picture}")
+        results = write_results(rows, points, command, started, load_before, quick, work)
+        kept = not quick or args.keep or (args.plot and Path(args.plot).is_relative_to(work))
+        print(f"\nresults: {results}" + ("" if kept else " (a --quick run: removed with the work folder; "
+                                                         "--keep keeps it)"))
     finally:
         if args.keep:
             print(f"workloads kept in {work}", file=sys.stderr)
         elif not args.plot or not Path(args.plot).is_relative_to(work):
             shutil.rmtree(work, ignore_errors=True)
-    command = " ".join([REPRO, *(argv if argv is not None else sys.argv[1:])])
-    print(table(rows, command, started, load_before))
-    if points:
-        print("\nscale (seconds, best of N):")
-        keys = ("backbones", "cold_s", "compile_s", "full_s", "stat_s", "list_s", "openssl_s")
-        print("| " + " | ".join(keys) + " |")
-        for p in points:
-            print("| " + " | ".join(f"{p[k]:.3f}" if isinstance(p[k], float) else str(p[k]) for k in keys) + " |")
-    if picture:
-        print(f"\nscale picture: {picture}")
-    print(f"\nresults: {write_results(rows, points, command, started, load_before, quick)}")
     return 0 if quick or all(r.passed is not False for r in rows) else 1
 
 

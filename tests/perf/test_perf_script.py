@@ -7,8 +7,11 @@ dependencies (openvino, matplotlib) must not be needed: without them their rows 
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +19,11 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "perf.py"
 MEASURED = {"hash", "verify-rss", "cold", "parallel", "session", "warm-full", "floor", "warm-nodb", "nodb-checkout",
             "cold-io", "warm-stat", "resolve", "scale-stat", "scale-full", "memory"}
-NEVER_HERE = {"rtx-cold", "fetch"}  # --quick skips the TensorRT-RTX builds; fleet.py measures fetch
+NEVER_HERE = {"fetch"}  # fleet.py measures fetch
+# --quick runs the TensorRT-RTX builds too (0.1-0.4 s each) where tensorrt_rtx and silero-vad are installed
+RTX_HERE = all(importlib.util.find_spec(m) is not None for m in ("tensorrt_rtx", "silero_vad"))
+MEASURED |= {"rtx-cold"} if RTX_HERE else set()
+NEVER_HERE |= set() if RTX_HERE else {"rtx-cold"}
 
 # Runs the script with openvino and matplotlib unimportable, as on a machine without the bench extra.
 WITHOUT_BENCH_EXTRA = """
@@ -39,8 +46,12 @@ def _rows(stdout: str) -> dict[str, str]:
 
 
 def test_quick_run_prints_every_row_with_a_ratio_the_command_the_load_and_a_json(tmp_path):
-    result = subprocess.run([sys.executable, "-c", WITHOUT_BENCH_EXTRA, str(SCRIPT), "--quick", "--scale",
-                             "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=400)
+    temp = tmp_path / "tmp"  # $TMPDIR: a quick run leaves nothing there
+    temp.mkdir()
+    work = tmp_path / "work"
+    result = subprocess.run([sys.executable, "-c", WITHOUT_BENCH_EXTRA, str(SCRIPT), "--quick", "--scale", "--keep",
+                             "--workdir", str(work)], capture_output=True, text=True, timeout=400,
+                            env={**os.environ, "TMPDIR": str(temp)})
     assert result.returncode == 0, result.stdout + result.stderr
     rows = _rows(result.stdout)
     assert set(rows) == MEASURED | NEVER_HERE | {"peer"}
@@ -58,9 +69,12 @@ def test_quick_run_prints_every_row_with_a_ratio_the_command_the_load_and_a_json
     # the disk's own writeback rate is measured: an engine is durable before BUILT is printed
     assert re.search(r"hashed once on 1 core \([0-9]+ MB/s\); written back at [0-9]+ MB/s \(fsync\)", cold_io), cold_io
     saved = Path(re.search(r"^results: (\S+)", result.stdout, re.M).group(1))
+    assert saved.parent.parent == work  # --quick: in the work folder (kept by --keep), never in $TMPDIR
     document = json.loads(saved.read_text())
-    saved.unlink()
+    shutil.rmtree(saved.parent)
     assert {r["name"] for r in document["rows"]} == set(rows)
     assert all(r["passed"] is None for r in document["rows"] if r["name"] in NEVER_HERE | {"peer"})
     assert [p["backbones"] for p in document["scale"]] == [3, 6, 12]
-    assert list(tmp_path.iterdir()) == []  # the workloads are cleaned up
+    assert list(work.iterdir()) == []
+    # nothing of the script's in $TMPDIR (.ses: ONNX Runtime 1.32's own telemetry session file)
+    assert [p.name for p in temp.iterdir() if p.name != ".ses"] == []
