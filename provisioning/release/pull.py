@@ -147,6 +147,10 @@ def plan(release: Release, models: list[str], host: ServingHost,
         variants = release.backbone(model).variants
         choice = choose(variants, host, allow_cpu_fallback)
         line = "" if choice is not None else no_variant_line(model, variants, host, allow_cpu_fallback)
+        unvouched = sorted({key for name, key, _ in release.untrusted if name == model})
+        if line and unvouched:
+            line += (f"; variants for {', '.join(unvouched)} were left out: no trusted key vouches for those host "
+                     "keys (host_key_prefixes)")
         planned.append((model, choice, line))
     return planned
 

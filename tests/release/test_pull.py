@@ -258,3 +258,17 @@ def test_a_serving_config_without_keys_is_refused(kit, tmp_path):
         pull_release(release, load_serving_config(path), host=serving_host(H100, tensorrt="10.16.1.11"))
     assert caught.value.exit_code == 2 and not (tmp_path / "cache").exists()
 
+
+
+def test_variants_no_trusted_key_vouches_for_are_never_pulled_and_the_line_says_so(kit, tmp_path):
+    release = kit.write(tmp_path / "engines.release.json")
+    path = tmp_path / "serving.yaml"
+    path.write_text(json.dumps({"cache_dir": "cache", "remote": {"url": kit.url, "trusted_keys": [{
+        "id": kit.key_id, "algorithm": "ed25519", "public_key": {"file": str(kit.keys.public_file)},
+        "host_key_prefixes": ["sm89"]}]}}))
+    report = pull_release(release, load_serving_config(path), host=serving_host(H100, tensorrt="10.16.1.11"),
+                          models=["det"])
+    line = report.lines[0].text()
+    assert report.lines[0].state == "NO-VARIANT" and report.exit_code == 1
+    assert "variants for ampere-plus, sm90-h100-80gb-hbm3 were left out" in line and "host_key_prefixes" in line
+    assert not (tmp_path / "cache").exists()
