@@ -57,18 +57,19 @@ MODULES: dict[str, tuple[str, ...]] = {
     "gc.py": ("tests/unit/test_gc.py", _SURVIVORS, "tests/unit/tensorrt/test_vc_reuse.py"),
     # verify.py was split (issue 23): the engine verifier, trusted-stat records, the cache index, ONNX digests
     "verify.py": ("tests/unit/test_verify.py", "tests/perf/test_index_and_prefetch.py"),
-    "verify_stat.py": ("tests/unit/test_verify.py", _SURVIVORS),
+    "verify_stat.py": ("tests/unit/test_verify.py", "tests/serving/test_resolve_records.py", _SURVIVORS),
     "verify_index.py": ("tests/perf/test_index_and_prefetch.py", _SURVIVORS),
     "verify_sources.py": ("tests/perf/test_index_and_prefetch.py", "tests/perf/test_digest_reuse.py"),
     "doit/filedep.py": (_SURVIVORS,),
     # doit/tasks.py was split (issue 23) into the generator and its parts: the same tests for each
     **{f"doit/{name}.py": (_SURVIVORS, "tests/unit/tensorrt/test_vc_reuse.py", "tests/perf/test_index_and_prefetch.py",
-                           "tests/perf/test_early_hashing.py")
+                           "tests/perf/test_early_hashing.py", "tests/perf/test_signed_digest.py")
        for name in ("tasks", "action", "uptodate", "verifier", "runmode")},
     # tests/unit/tensorrt as a whole made a run ~0.2 mutants/s; the TensorRT build path is
     # pinned by the fake's own module, the compiler's policy by these
     "compiler.py": ("tests/unit/test_compiler.py", _SURVIVORS, "tests/unit/tensorrt/test_vc_reuse.py",
-                    "tests/reliability/test_publish_order.py", "tests/perf/test_index_and_prefetch.py"),
+                    "tests/reliability/test_publish_order.py", "tests/perf/test_index_and_prefetch.py",
+                    "tests/perf/test_signed_digest.py"),
     # test_security.py starts a moto S3 server per session (65 s a run): too slow per mutant
     "remote/signing.py": ("tests/remote/test_signing.py", "tests/remote/test_mutation_signing.py"),
     # test_roundtrip.py, test_faults.py (moto) too; test_mutation_cache.py drives RemoteCache on a file:// remote.
