@@ -200,7 +200,7 @@ def _orphan_locks(locks: Path, names: set[str]) -> list[LeftoverFile]:
     found = []
     for entry in entries:
         engine = entry.name.removesuffix(".lock")
-        if engine == entry.name or engine in names or not engine.endswith(ENGINE_SUFFIX):
+        if engine == entry.name or engine in names:
             continue
         try:
             EngineFilenameSchema.parse(engine)

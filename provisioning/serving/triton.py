@@ -39,8 +39,8 @@ from ..schema import EngineFilenameSchema, ParsedEngineName
 from ..sidecar import Sha256Sidecar, open_nofollow
 from .triton_config import ModelConfigSpec, onnx_tensors, read_platform, render_config, warmup_inputs
 from .triton_model import (LOCK_NAME, PROVENANCE, RETIRED_SUFFIX, SUMS, TEMP_SUFFIX, ExportError,  # noqa: F401
-                           ExportInputError, ExportPlan, ExportResult, ModelExport, TritonEngine, link_refusal,
-                           open_model_dir, provenance, published_versions, temp_name, version_holds)
+                           ExportInputError, ExportPlan, ExportResult, ModelExport, TritonEngine, open_model_dir,
+                           provenance, published_versions, temp_name, version_holds)
 from .triton_repo import execute_export, note_lines
 
 __all__ = [
@@ -194,8 +194,6 @@ def _model_export(corpus: LoadedCorpus, spec: BackboneSpec, model_dir: Path, eng
     backend = corpus.host.backend
     platform = PLATFORMS[backend]
     config_path = model_dir / "config.pbtxt"
-    if os.path.islink(model_dir):
-        raise link_refusal(model_dir)
     if model_dir.exists() and not model_dir.is_dir():
         raise ExportInputError(f"{model_dir} is a file; Triton needs a folder per model there; move it away")
     fd = open_model_dir(model_dir, create=False)  # ExportInputError: a link below REPO/<model>

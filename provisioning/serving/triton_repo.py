@@ -23,7 +23,7 @@ from ..cache import safe_lock
 from ..sidecar import atomic_write_bytes, fsync_dir, hash_fd, open_nofollow, write_temp
 from .triton_model import (DIR_FLAGS, LOCK_NAME, NOFOLLOW, PROVENANCE, RETIRED_SUFFIX, SUMS, TEMP_SUFFIX,
                            ExportError, ExportPlan, ExportResult, ModelExport, TritonEngine, open_model_dir, pinned,
-                           provenance, published_versions, refuse_links, temp_name, version_holds)
+                           provenance, published_versions, temp_name, version_holds)
 
 __all__ = ["execute_export"]
 
@@ -61,7 +61,6 @@ def _export_model(model: ModelExport, keep: int | None, link: bool, result: Expo
     fd = open_model_dir(model.model_dir, create=True)  # ExportInputError for a link at REPO/<model> or below
     try:
         with safe_lock(model.model_dir / LOCK_NAME):
-            refuse_links(fd, model.model_dir)  # again, holding the lock: another export may have been first
             _export_locked(model, pinned(fd, model.model_dir), keep, link, result)
     finally:
         os.close(fd)

@@ -121,3 +121,69 @@ def test_hash_file_matches_hashlib_on_a_multi_chunk_file(tmp_path):
     data = os.urandom(9 * 1024 * 1024 + 17)
     (tmp_path / "big").write_bytes(data)
     assert hash_file(tmp_path / "big") == hashlib.sha256(data).hexdigest()
+
+
+class _DurabilityLog:
+    """Every os.fsync and os.replace this process makes, through the real calls (issue 22 item 17).
+
+    An fsync records the inode it made durable and that file's size then; a replace records
+    the inode it renamed into place and its size. A temporary file is durable before its
+    rename when an fsync of the same inode at the same size came first.
+    """
+
+    def __init__(self, monkeypatch):
+        self.events: list[tuple[str, tuple[int, int], int, str]] = []
+        real_fsync, real_replace = os.fsync, os.replace
+
+        def fsync(fd):
+            st = os.fstat(fd)
+            self.events.append(("fsync", (st.st_dev, st.st_ino), st.st_size, ""))
+            return real_fsync(fd)
+
+        def replace(src, dst, **kwargs):
+            st = os.lstat(src) if not kwargs else os.stat(src, dir_fd=kwargs.get("src_dir_fd"), follow_symlinks=False)
+            self.events.append(("replace", (st.st_dev, st.st_ino), st.st_size, os.fspath(dst)))
+            return real_replace(src, dst, **kwargs)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "replace", replace)
+
+    def unsynced_renames(self) -> list[str]:
+        """Destinations whose file was renamed into place without an fsync of its final bytes first."""
+        missing = []
+        for index, (kind, inode, size, dest) in enumerate(self.events):
+            if kind == "replace" and ("fsync", inode, size, "") not in self.events[:index]:
+                missing.append(Path(dest).name)
+        return missing
+
+    def folder_synced_after_last_rename(self, folder: Path) -> bool:
+        st = os.stat(folder)
+        last = max(i for i, e in enumerate(self.events) if e[0] == "replace")
+        return any(e[0] == "fsync" and e[1] == (st.st_dev, st.st_ino) for e in self.events[last + 1:])
+
+
+@pytest.mark.parametrize("payload", ["bytes", "path-copy", "path-move"])
+def test_every_temporary_file_is_fsynced_before_its_rename_and_the_folder_after(tmp_path, monkeypatch, payload):
+    engine = tmp_path / "m.engine"
+    source = tmp_path / "scratch.bin"
+    source.write_bytes(b"plan" * 50_000)
+    data = {"bytes": b"plan" * 50_000, "path-copy": source, "path-move": source}[payload]
+    durability = _DurabilityLog(monkeypatch)
+    Sha256Sidecar.write_atomic_and_sidecar(engine, data, move=payload == "path-move",
+                                           before_commit=lambda s, n: {tmp_path / "m.engine.manifest.json": b"{}"})
+    renamed = [Path(e[3]).name for e in durability.events if e[0] == "replace"]
+    assert renamed == ["m.engine", "m.engine.manifest.json", "m.engine.sha256"]
+    assert durability.unsynced_renames() == []
+    assert durability.folder_synced_after_last_rename(tmp_path)
+    assert Sha256Sidecar.verify(engine)
+
+
+def test_atomic_write_bytes_fsyncs_before_it_renames(tmp_path, monkeypatch):
+    from provisioning.sidecar import atomic_write_bytes
+
+    target = tmp_path / "record.json"
+    target.write_bytes(b"old")
+    durability = _DurabilityLog(monkeypatch)
+    atomic_write_bytes(target, b"new contents\n" * 1000)
+    assert [e[0] for e in durability.events] == ["fsync", "replace"] and durability.unsynced_renames() == []
+    assert target.read_bytes() == b"new contents\n" * 1000
