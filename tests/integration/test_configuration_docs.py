@@ -4,7 +4,8 @@ The YAML block is taken from the docs text (not copied into the test), written a
 corpus.yaml beside the real ``silero_vad.onnx`` of the ``silero-vad`` package, and built with
 ``validate:`` by the real ONNX Runtime backend: the reference run of the source model and the
 comparison must pass, so the example is true (issue 22 item 26: it said ``inputs: {sr:
-16000}`` alone, which cannot run: ``input`` and ``state`` have dynamic dims).
+16000}`` alone, which cannot run: ``input`` has dynamic dims, taken as 1, and a 1 x 1 chunk
+is too short for the model's padding).
 """
 
 from __future__ import annotations
