@@ -61,13 +61,22 @@ class RemoteCache(EntryFetch, CommitOrWait, CommitLookup, EntryPublish, EntryRep
         self.store = store
         self.keys = keys
         self.run = run if run is not None else run_state(config)
-        self.disabled_reason: str | None = None
+        self._disabled_reason: str | None = None
         self._leases: dict[str, BuilderLease] = {}
         self._condemned: dict[str, list[Condemned]] = {}  # entry base -> records this run discarded
         self._seen_marked = False
         self._bad_parts: set[str] = set()  # content-addressed objects whose bytes do not match their name
         self._conditional = True  # False once the store refused a conditional write: never retried
         self._startup_warnings()
+
+    @property
+    def disabled_reason(self) -> str | None:
+        """Why the remote is off for this run (a transport failure, here or in an earlier task); None when on."""
+        return self._disabled_reason or self.run.off_reason()
+
+    @disabled_reason.setter
+    def disabled_reason(self, reason: str | None) -> None:
+        self._disabled_reason = reason
 
     # -- policy ------------------------------------------------------------------------
     @property
@@ -122,6 +131,7 @@ class RemoteCache(EntryFetch, CommitOrWait, CommitLookup, EntryPublish, EntryRep
 
     def _disable(self, reason: str, model_name: str, consequence: str = "building locally") -> None:
         self.disabled_reason = reason
+        self.run.turn_off(reason)
         log.warning(
             "remote cache %s: %s; %s, remote cache off for the rest of this run "
             "(check remote.endpoint_url, the network and AWS_* credentials)", self.config.url, reason, consequence,

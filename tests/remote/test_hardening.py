@@ -26,12 +26,14 @@ from provisioning.remote import make_remote_cache
 from provisioning.remote.lease import BuilderLease, read_lease
 from provisioning.remote.localstore import LocalRemoteStore
 from provisioning.remote.report import remote_gc
+from provisioning.remote.run_state import RETRY_AFTER_S, RunState
 from provisioning.remote.signing import split_record, unsigned_record
 from tests.conftest import CORPUS, DEFAULT_BACKBONES, write_corpus_yaml
 
 from .conftest import forged_record, make_ed25519_keys, make_host, s3fs_client
 from . import test_mutation_cache as cache_tests
 from .test_mutation_cache import Scripted, Site
+from .test_mutation_cache import transport as _transport
 
 # test_mutation_cache.py's fixtures: one real ONNX Runtime engine (det), logs, the shared folder
 built, logs, site = cache_tests.built, cache_tests.logs, cache_tests.site
@@ -450,3 +452,26 @@ def test_a_look_alike_lease_owner_is_logged_escaped(site, logs):
     [line] = [m for m in logs.lines(20) if "taking over" in m]
     assert line.isascii() and "\n" not in line and "\\u043a" in line and "\\u202e" in line, line
     cache._leases[site.name].release()
+
+
+# --- item 24: the run shares a transport failure's verdict (doit: tests/remote/test_dead_endpoint.py) ----
+
+def test_a_later_cache_of_the_run_finds_the_remote_off_and_never_calls_it(site, logs):
+    first, store = site.scripted()
+    store.around["read"] = lambda path, call: (_ for _ in ()).throw(_transport(TimeoutError("timed out")))
+    assert site.fetch(first) is None and first.disabled_reason is not None
+    later, later_store = site.scripted()  # the next task of the run: a new RemoteCache, the same config
+    assert later.run is first.run and later.disabled_reason == first.disabled_reason
+    assert site.fetch(later) is None
+    later.publish(site.built)
+    assert later_store.calls == [] and len(logs.events("remote_unavailable")) == 1
+
+
+def test_the_verdict_expires_for_a_process_that_lives_on(site):
+    state = RunState(1.0)
+    state.turn_off("fetch failed")
+    assert state.off_reason() == "fetch failed"
+    state.unavailable_since -= RETRY_AFTER_S + 1
+    assert state.off_reason() is None
+    cache = site.cache(run=state)
+    assert cache.disabled_reason is None
