@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from ..errors import ProvisioningError
+from ..interrupt import Interrupted, guard
 from .commands import USAGE_ERROR, _EnginesCommand, _error, opt_json
 
 opt_serving = {
@@ -72,7 +73,12 @@ class EnginesPull(_EnginesCommand):
                                          cache_dir=params["cache_dir"] or None, runtime=params["runtime"] or None,
                                          allow_cpu_fallback=params["allow_cpu_fallback"])
             models = [m.strip() for m in params["models"].split(",") if m.strip()] or None
-            report = pull_release(self._release, config, models=models, dry_run=params["dry_run"])
+            with guard():  # SIGINT / SIGTERM: Interrupted in this thread; downloads in flight are abandoned
+                report = pull_release(self._release, config, models=models, dry_run=params["dry_run"])
+        except Interrupted as exc:
+            sys.stderr.write(f"engines-pull: stopped by {exc.signal_name}; the engines published so far are complete "
+                             "and verified, a run again pulls the rest\n")
+            return int(exc.code)
         except ProvisioningError as exc:
             if as_json:  # a script reads stdout: the error goes there too
                 print(json.dumps({"error": str(exc).splitlines()[0], "exit_code": exc.exit_code}, indent=2))

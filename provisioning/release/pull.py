@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -235,11 +234,32 @@ def _download_all(config: ServingConfig, release: Release, missing: list, lines:
     run = _Run(config)
     if len(missing) >= run.store.concurrency:  # enough engines to fill the link: one GET each, no parts
         run.store.part_bytes = max(run.store.part_bytes, max(c.variant.size for _, c, _ in missing))
-    workers = max(1, min(_DOWNLOADS, len(missing)))
-    with ThreadPoolExecutor(workers, thread_name_prefix="pull") as pool:
-        done = pool.map(lambda item: _pull_one(run, release, *item), missing)
-        for line in done:
-            lines[line.model] = line
+    queue, failures = list(missing), []
+
+    def work() -> None:  # daemon threads: a stopped pull (Ctrl-C, SIGTERM) does not wait for them
+        while True:
+            with run.lock:
+                if not queue:
+                    return
+                item = queue.pop(0)
+            try:
+                line = _pull_one(run, release, *item)
+            except BaseException as exc:  # an unexpected error: raised in the caller's thread
+                with run.lock:
+                    failures.append(exc)
+                    queue.clear()
+                return
+            with run.lock:
+                lines[line.model] = line
+
+    threads = [threading.Thread(target=work, name="pull", daemon=True)
+               for _ in range(max(1, min(_DOWNLOADS, len(missing))))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
 
 
 def _pull_one(run: _Run, release: Release, model: str, choice: Choice, path: Path) -> PullLine:

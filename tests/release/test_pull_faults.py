@@ -125,3 +125,29 @@ def test_a_dead_bucket_costs_timeout_s_once_per_run(s3, tmp_path, monkeypatch):
     assert sum("unavailable (no answer within timeout_s 1 s); check remote.url" in t for t in texts) == 1, texts
     assert sum("not tried: the remote is unavailable" in t for t in texts) == 2, texts
     assert elapsed < 2.5, elapsed
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_a_pull_at_once_with_one_line(s3, tmp_path, signum):
+    from tests.release.pull_fixtures import ONNX_SHA
+
+    for model in ("m1", "m2", "m3", "m4"):
+        ONNX_SHA.setdefault(model, "a" * 64)
+        s3.add(model, trt(model, H100, "10.16.1.11"), size=24 << 20)
+    cache = tmp_path / "serving" / "cache"
+    child = run_pull(tmp_path, s3, popen=True)
+    deadline = time.monotonic() + 120
+    while not (cache.is_dir() and any(n.endswith(".incomplete") for n in os.listdir(cache))):
+        assert time.monotonic() < deadline and child.poll() is None, child.communicate()
+        time.sleep(0.002)
+    os.kill(child.pid, signum)
+    stopped = time.monotonic()
+    out, err = child.communicate(timeout=60)
+    assert time.monotonic() - stopped < 5, "the pull waited for its downloads"
+    assert child.returncode == 128 + signum, err
+    assert err.count("\n") == 1 and "stopped by " + signal.Signals(signum).name in err and "Traceback" not in err
+    by_name = {v.engine: v for vs in s3.variants.values() for v in vs}
+    for path in cache.iterdir():
+        if path.name.endswith(".engine"):
+            assert Sha256Sidecar.read(path) is None or Sha256Sidecar.read(path).sha256 == by_name[path.name].sha256
+            assert Sha256Sidecar.read(path) is None or Sha256Sidecar.check(path).ok
