@@ -37,9 +37,10 @@ class EnginesRelease(_EnginesCommand):
 
     name = "engines-release"
     doc_purpose = "write a signed release (DSSE, in-toto) of every engine the bucket holds for today's inputs"
-    doc_usage = "OUT [--require HOSTS] [--created ISO] [--config PATH]"
-    doc_description = ("Reads the bucket's commit records and manifests (never an engine), uploads this host's "
-                       "engines the bucket lacks (read-write remote), signs with remote.signing_key. "
+    doc_usage = "OUT [--require HOSTS] [--created ISO] [--upload-local] [--config PATH]"
+    doc_description = ("Reads the bucket's commit records and manifests (never an engine); with --upload-local "
+                       "uploads this cache folder's engines the bucket lacks (read-write remote); signs with "
+                       "remote.signing_key. "
                        "--require h1,h2: exit 1 with one MISSING line per backbone without a variant for a host "
                        "key (or prefix) or GPU model. Exit codes: 0 written, 1 missing variant or bucket "
                        "unreachable, 2 bad input.")
@@ -49,6 +50,8 @@ class EnginesRelease(_EnginesCommand):
          "help": "comma list of host keys (or prefixes) or GPU models every backbone must have a variant for"},
         {"name": "created", "long": "created", "type": str, "default": "",
          "help": "the release's created time, ISO 8601 [default: $SOURCE_DATE_EPOCH, else now]"},
+        {"name": "upload_local", "long": "upload-local", "type": bool, "default": False,
+         "help": "upload and sign this cache folder's engines the bucket lacks (trusts whoever can write it)"},
     )
 
     def execute(self, params: Any, args: list[str]) -> int:
@@ -57,7 +60,9 @@ class EnginesRelease(_EnginesCommand):
         while rest:
             arg = rest.pop(0)
             name, eq, value = arg.partition("=")
-            if name in _VALUE_OPTIONS:
+            if arg == "--upload-local":
+                params["upload_local"] = True
+            elif name in _VALUE_OPTIONS:
                 if not eq:
                     if not rest:
                         return _error(f"{self.name}: {name} needs a value", USAGE_ERROR)
@@ -80,7 +85,7 @@ class EnginesRelease(_EnginesCommand):
         created = parse_created(params.get("created") or "") if params.get("created") else created_now()
         required = [h.strip() for h in (params.get("require") or "").split(",") if h.strip()]
         _, keys = release_keys(config)
-        assembly = assemble_release(config, created)
+        assembly = assemble_release(config, created, upload_local=bool(params.get("upload_local")))
         release = assembly.release
         for note in assembly.notes:
             print(f"NOTE: {note}", file=sys.stderr)

@@ -116,8 +116,14 @@ def release_keys(config: ProvisioningConfig) -> tuple[RemoteConfig, KeyRing]:
     return remote, keys
 
 
-def assemble_release(config: ProvisioningConfig, created: str, *, store: RemoteStore | None = None) -> Assembly:
-    """The release of ``config``'s backbones as the bucket holds them now (see the module docstring)."""
+def assemble_release(config: ProvisioningConfig, created: str, *, store: RemoteStore | None = None,
+                     upload_local: bool = False) -> Assembly:
+    """The release of ``config``'s backbones as the bucket holds them now (see the module docstring).
+
+    ``upload_local``: upload (and so sign) this cache folder's engines of today's inputs that the
+    bucket lacks. Off by default: nothing shows that this host built those bytes, and whoever can
+    write the cache folder would get them signed. ``doit engines`` uploads what it builds itself.
+    """
     started = time.monotonic()
     remote, keys = release_keys(config)
     today = today_inputs(config)
@@ -125,7 +131,7 @@ def assemble_release(config: ProvisioningConfig, created: str, *, store: RemoteS
     notes: list[str] = []
     try:
         listing = _entries(counting, remote)
-        uploaded = _upload_local(config, remote, keys, counting, today, listing, notes)
+        uploaded = _upload_local(config, remote, keys, counting, today, listing, notes, upload_local)
         if uploaded:
             listing = _entries(counting, remote)
             committed = {name for (_, name, _), parts in listing.items() if any(p.startswith(COMMIT_DIR + "/")
@@ -155,14 +161,19 @@ def _entries(store: CountingStore, remote: RemoteConfig) -> dict[tuple[str, str,
 
 
 def _upload_local(config: ProvisioningConfig, remote: RemoteConfig, keys: KeyRing, store: CountingStore,
-                  today: tuple[TodayInputs, ...], listing: dict, notes: list[str]) -> list[str]:
-    """Publish the local engines of today's inputs that the bucket lacks; their names."""
+                  today: tuple[TodayInputs, ...], listing: dict, notes: list[str], upload_local: bool) -> list[str]:
+    """Publish the local engines of today's inputs that the bucket lacks (only with ``upload_local``); their names."""
     uploaded: list[str] = []
     cache: RemoteCache | None = None
     for entry in _local_entries(config.cache_dir, today, notes):
         host_key = str(entry.inputs.get("host", {}).get("host_key", ""))
         parts = listing.get((host_key, entry.file_name, inputs_digest(entry.inputs)), set())
         if any(f"{COMMIT_DIR}/{key_id}" in parts for key_id in keys.ids_for(host_key)):
+            continue
+        if not upload_local:
+            notes.append(f"{entry.file_name}: in this cache folder but not in the bucket; not in the release "
+                         "(doit engines uploads what it builds; --upload-local uploads this folder's engines, "
+                         "trusting whoever can write it)")
             continue
         if not remote.writable:
             notes.append(f"{entry.file_name}: built here but not in the bucket, and remote.mode is {remote.mode}; "

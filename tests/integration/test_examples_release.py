@@ -47,7 +47,7 @@ PRODUCT_LABEL = "nvidia.com/gpu.product"
 #: The release commands' contract (issue 21), used until a command's class documents it:
 #: long option -> takes a value; and the number of positional arguments.
 CONTRACT: dict[str, tuple[dict[str, bool], int]] = {
-    "engines-release": ({"require": True, "created": True, "config": True}, 1),
+    "engines-release": ({"require": True, "created": True, "config": True, "upload-local": False}, 1),
     "engines-pull": ({"serving-config": True, "cache-dir": True, "runtime": True, "allow-cpu-fallback": False,
                       "models": True, "dry-run": False, "json": False}, 1),
     "engines-export": ({"triton": True, "release": True}, 0),

@@ -99,7 +99,7 @@ def test_assembly_reads_commit_records_and_manifests_never_an_engine(fleet, monk
     assert assembly.uploaded == () and assembly.notes == ()
 
 
-def test_local_engines_are_uploaded_first_when_the_remote_is_writable(tmp_path, models, fleet_keys):
+def test_local_engines_are_uploaded_first_only_when_asked_and_the_remote_is_writable(tmp_path, models, fleet_keys):
     local = make_builder(tmp_path, "local", models, None)
     assert local.build().built == 2
     bucket = tmp_path / "bucket"
@@ -109,7 +109,7 @@ def test_local_engines_are_uploaded_first_when_the_remote_is_writable(tmp_path, 
     document = yaml.safe_load(config)
     document["remote"] = file_remote(bucket, fleet_keys, mode="read-only")
     local.config_path.write_text(yaml.safe_dump(document))
-    done, out = _release_of(local, tmp_path)
+    done, out = _release_of(local, tmp_path, "--upload-local")
     assert done.returncode == 0, done.stderr
     notes = [line for line in done.stderr.splitlines() if line.startswith("NOTE: ")]
     assert len(notes) == 2 and all("built here but not in the bucket, and remote.mode is read-only" in n
@@ -117,7 +117,13 @@ def test_local_engines_are_uploaded_first_when_the_remote_is_writable(tmp_path, 
     assert "0 variant(s)" in done.stdout
     document["remote"] = file_remote(bucket, fleet_keys)
     local.config_path.write_text(yaml.safe_dump(document))
-    done, out = _release_of(local, tmp_path)
+    done, out = _release_of(local, tmp_path)  # without --upload-local: nothing of the cache folder is signed
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stderr.splitlines() if line.startswith("NOTE: ")]
+    assert len(notes) == 2 and all("not in the bucket; not in the release" in n and "--upload-local" in n
+                                   for n in notes), notes
+    assert "0 variant(s), 0 uploaded first" in done.stdout and not list(bucket.rglob("commit/*"))
+    done, out = _release_of(local, tmp_path, "--upload-local")
     assert done.returncode == 0, done.stderr
     assert "2 variant(s), 2 uploaded first" in done.stdout
     release = load_release(out, [reader(fleet_keys)], "prod")
@@ -130,6 +136,39 @@ def test_local_engines_are_uploaded_first_when_the_remote_is_writable(tmp_path, 
         assert hashlib.sha256(engine.read_bytes()).hexdigest() == variant.sha256
     done, again = _release_of(local, tmp_path, name="again.json")
     assert "0 uploaded first" in done.stdout and again.read_bytes() == out.read_bytes()
+
+
+def test_a_planted_engine_in_the_cache_folder_is_not_signed_by_default(tmp_path, models, fleet_keys):
+    """The cache folder's writer swaps an engine's bytes and rewrites its sidecar and manifest to match.
+
+    engines-release must not upload (and so sign) it: nothing shows this host built those bytes.
+    """
+    import hashlib
+    import json
+
+    import yaml
+
+    local = make_builder(tmp_path, "local", models, None)
+    assert local.build().built == 2
+    engine = sorted(local.cache_dir.glob("*.engine"))[0]
+    forged = b"not the engine this ONNX compiles to" * 100
+    engine.write_bytes(forged)
+    digest = hashlib.sha256(forged).hexdigest()
+    (engine.parent / (engine.name + ".sha256")).write_text(f"{digest}  {engine.name}\n")
+    manifest_path = engine.parent / (engine.name + ".manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["engine"]["sha256"], manifest["engine"]["size"] = digest, len(forged)
+    manifest_path.write_text(json.dumps(manifest))
+    bucket = tmp_path / "bucket"
+    document = yaml.safe_load(local.config_path.read_text())
+    document["remote"] = file_remote(bucket, fleet_keys)
+    local.config_path.write_text(yaml.safe_dump(document))
+    done, out = _release_of(local, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"NOTE: {engine.name}: in this cache folder but not in the bucket; not in the release" in done.stderr
+    release = load_release(out, [reader(fleet_keys)], "prod")
+    assert digest not in {v.sha256 for v in release.variants()}
+    assert not [p for p in bucket.rglob("*") if p.is_file() and p.read_bytes() == forged]
 
 
 def test_entries_of_other_onnx_other_keys_or_bad_records_are_left_out(fleet, tmp_path, models, fleet_keys):
