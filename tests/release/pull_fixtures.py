@@ -190,3 +190,12 @@ def fake_nvml_dir(folder: Path, gpu: GpuInfo) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "pynvml.py").write_text(FAKE_PYNVML.format(name=gpu.name, cc=gpu.compute_capability))
     return folder
+
+
+def with_path(folder: Path | None) -> str:
+    """PYTHONPATH for a child: ``folder`` (a fake NVML) first, then whatever this process was given.
+
+    Kept, not replaced: the hand-mutant runner puts its mutated copy of the package there.
+    """
+    given = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join([*([str(folder)] if folder is not None else []), *given])

@@ -22,7 +22,7 @@ from provisioning.release.pull import pull_release
 from provisioning.release.serving_config import load_serving_config, parse_runtime
 from provisioning.sidecar import Sha256Sidecar
 from tests.conftest import DOIT
-from tests.release.pull_fixtures import H100, L4, fake_nvml_dir, file_kit, ort, rtx, serving_host, trt
+from tests.release.pull_fixtures import H100, L4, fake_nvml_dir, file_kit, ort, rtx, serving_host, trt, with_path
 
 
 @pytest.fixture
@@ -178,7 +178,7 @@ def doit_pull(folder: Path, *args: str, gpu=H100, timeout: float = 120, env: dic
     """``doit engines-pull ...`` in ``folder`` (no dodo.py), with a fake NVML describing ``gpu``."""
     child = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONING_")}
     nvml = fake_nvml_dir(folder.parent / "nvml", gpu)
-    child["PYTHONPATH"] = str(nvml)
+    child["PYTHONPATH"] = with_path(nvml)
     child.update(env or {})
     return subprocess.run([DOIT, "engines-pull", *args], cwd=folder, env=child, capture_output=True, text=True,
                           timeout=timeout)
@@ -216,7 +216,7 @@ def test_a_pull_imports_no_onnx_onnxruntime_or_tensorrt(kit, tmp_path):
             "heavy = [m for m in ('onnx', 'onnxruntime', 'tensorrt', 'tensorrt_rtx') if m in sys.modules]\n"
             "print('HEAVY', heavy, code)\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONING_")}
-    env["PYTHONPATH"] = str(nvml)
+    env["PYTHONPATH"] = with_path(nvml)
     done = subprocess.run([sys.executable, "-c", code, "engines-pull", str(release), "--serving-config", str(serving),
                            "--runtime", "tensorrt==10.16.1.11", "--allow-cpu-fallback"],
                           cwd=serving.parent, env=env, capture_output=True, text=True, timeout=120)

@@ -16,7 +16,7 @@ from provisioning.release.pull import pull_release
 from provisioning.release.serving_config import load_serving_config
 from provisioning.sidecar import Sha256Sidecar
 from tests.conftest import DOIT
-from tests.release.pull_fixtures import H100, ReleaseKit, fake_nvml_dir, s3_kit, serving_host, trt
+from tests.release.pull_fixtures import H100, ReleaseKit, fake_nvml_dir, s3_kit, serving_host, trt, with_path
 from tests.remote.conftest import LOOPBACK, S3_ENV, bucket, s3_env, s3_server  # noqa: F401 (fixtures)
 
 MODELS = ("det", "cls", "emb")
@@ -38,7 +38,7 @@ def run_pull(tmp_path, kit, *args, popen=False):
     if not serving.exists():
         kit.serving_yaml(serving.parent, {"endpoint_url": kit.endpoint})
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONING_")}
-    env.update(S3_ENV, PYTHONPATH=str(fake_nvml_dir(tmp_path / "nvml", H100)))
+    env.update(S3_ENV, PYTHONPATH=with_path(fake_nvml_dir(tmp_path / "nvml", H100)))
     command = [DOIT, "engines-pull", str(release), "--serving-config", str(serving), "--runtime",
                "tensorrt==10.16.1.11", *args]
     if popen:

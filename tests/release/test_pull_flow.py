@@ -21,7 +21,7 @@ import yaml
 from provisioning import resolve_engine
 from provisioning.host import GpuInfo, RTX_DISTRIBUTIONS, installed_version
 from tests.conftest import DOIT
-from tests.release.pull_fixtures import cpu_key, fake_nvml_dir
+from tests.release.pull_fixtures import cpu_key, fake_nvml_dir, with_path
 from tests.remote.conftest import S3_ENV
 from tests.serving.conftest import model_config
 
@@ -60,7 +60,7 @@ def serving_host(tmp_path: Path, name: str, farm) -> Path:  # noqa: F811
 def pull(folder: Path, release: Path, *args: str, gpu_info: GpuInfo | None = None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONING_")}
     env.update(S3_ENV)
-    env["PYTHONPATH"] = str(fake_nvml_dir(folder / "nvml", gpu_info)) if gpu_info else ""
+    env["PYTHONPATH"] = with_path(fake_nvml_dir(folder / "nvml", gpu_info) if gpu_info else None)
     if gpu_info is None:
         env["CUDA_VISIBLE_DEVICES"] = ""
     return subprocess.run([DOIT, "engines-pull", str(release), "--serving-config", str(folder / "serving.yaml"),
