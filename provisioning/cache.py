@@ -16,7 +16,6 @@ sidecar matches its bytes and its manifest matches today's build inputs.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -27,13 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from filelock import FileLock
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover (not POSIX)
-    fcntl = None  # type: ignore[assignment]
-
 from .backends.open import open_engine
-from .errors import CacheError, UnsafePathError
+from .errors import CacheError
 from .manifest import (
     MANIFEST_SUFFIX,
     BuildInputs,
@@ -43,7 +37,8 @@ from .manifest import (
     read_manifest,
 )
 from .schema import BUILD_LOG_SUFFIX, COMMIT_SUFFIX, EVENTS_FILE, LOCK_DIR, EngineFilenameSchema
-from .sidecar import SIDECAR_SUFFIX, Sha256Sidecar, Verification, open_nofollow
+from .sidecar import (SIDECAR_SUFFIX, Sha256Sidecar, Verification, check_lock_path, lock_held,  # noqa: F401
+                      open_nofollow, safe_lock)
 from .verify import record_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -197,96 +192,14 @@ def engine_lock(engine_path: Path) -> FileLock:
     """An inter-process lock for one canonical engine (only avoids duplicate work).
 
     UnsafePathError when something planted a symlink, a hard link or a FIFO at the lock's
-    path (or a symlink at the lock folder): see :func:`safe_lock`.
+    path (or a symlink at the lock folder): see :func:`provisioning.sidecar.safe_lock`.
     """
     return safe_lock(lock_path_for(engine_path))
 
 
 def lock_is_held(engine_path: Path) -> bool:
-    """True when a live process holds the build lock of ``engine_path`` right now (see :func:`lock_held`)."""
+    """True when a live process holds the build lock of ``engine_path`` (see :func:`provisioning.sidecar.lock_held`)."""
     return lock_held(lock_path_for(engine_path))
-
-
-def check_lock_path(path: str | os.PathLike[str]) -> None:
-    """UnsafePathError unless ``path`` can be used as a lock file without touching anything else.
-
-    Usable: absent, or a regular file with a single link, in a folder that is not a symlink.
-    A symlink, a hard link (a second name of a file that may live outside the cache) or a
-    FIFO is refused with one line saying to remove it: opening it for a lock would create,
-    truncate or block on something that is not the cache's. Nothing is created here.
-    """
-    fd = _open_lock_probe(Path(path))
-    if fd is not None:
-        os.close(fd)
-
-
-def _open_lock_probe(path: Path) -> int | None:
-    """A read-only descriptor of an existing, safe lock file (None: absent); UnsafePathError otherwise."""
-    if os.path.islink(path.parent):
-        raise UnsafePathError(f"lock folder {path.parent} is a symlink (not followed; nothing in the cache creates "
-                              "one); remove it")
-    try:
-        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        if os.path.islink(path):
-            raise UnsafePathError(f"lock file {path} is a symlink (not followed; nothing in the cache creates one); "
-                                  "remove it") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafePathError(f"lock file {path} is not a regular file (a FIFO or a device; nothing in the cache "
-                                  "creates one); not used; remove it")
-        if st.st_nlink > 1:
-            raise UnsafePathError(f"lock file {path} has {st.st_nlink} hard links (another name of a file that may "
-                                  "live outside the cache; nothing in the cache creates one); not used; remove it")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def safe_lock(path: str | os.PathLike[str], timeout: float = -1) -> FileLock:
-    """The one way this package opens a lock file: a FileLock, after :func:`check_lock_path`.
-
-    filelock itself opens the file with O_NOFOLLOW (the floor in pyproject.toml), so a link
-    planted between the check and the open is refused by the open.
-    """
-    check_lock_path(path)
-    return FileLock(os.fspath(path), timeout=timeout)
-
-
-def lock_held(path: str | os.PathLike[str]) -> bool:
-    """True when a live process holds the lock at ``path``; creates, truncates and follows nothing.
-
-    Probes with a non-blocking flock on a read-only descriptor of the existing file (an
-    absent file is not held); UnsafePathError as :func:`check_lock_path`.
-    """
-    path = Path(path)
-    fd = _open_lock_probe(path)
-    if fd is None:
-        return False
-    try:
-        if fcntl is None:  # pragma: no cover (no flock: ask filelock, which creates nothing that exists)
-            probe = FileLock(os.fspath(path), timeout=0)
-            try:
-                probe.acquire(timeout=0)
-            except Exception:
-                return True
-            probe.release()
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return True
-            raise
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
 
 
 def append_event(cache_dir: Path, record: Mapping[str, Any]) -> None:

@@ -22,10 +22,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
 from ..schema import LOCK_DIR
-from ..sidecar import atomic_write_bytes, open_nofollow
+from ..errors import UnsafePathError
+from ..sidecar import atomic_write_bytes, open_nofollow, safe_lock
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..host import HostCapabilities
@@ -108,7 +109,7 @@ def save_timing_cache(config: Any, path: Path) -> str:
     """Merge the build's timings with the saved cache (another process may have added some) and save."""
     try:
         path.parent.mkdir(exist_ok=True)
-        with FileLock(str(path.parent.parent / LOCK_DIR / f"timing-{path.name}.lock")):
+        with safe_lock(path.parent.parent / LOCK_DIR / f"timing-{path.name}.lock"):  # no link, no FIFO
             built = config.get_timing_cache()
             if built is None:
                 return "not saved (the builder kept no timing cache)"
@@ -121,10 +122,11 @@ def save_timing_cache(config: Any, path: Path) -> str:
                 if saved is not None:
                     built.combine(saved, False)  # False: refuse a foreign cache, keep ours
             atomic_write_bytes(path, bytes(memoryview(built.serialize())))
-    except OSError as exc:
-        log.warning("timing cache %s not saved (%s)", path, exc.strerror or exc,
+    except (OSError, UnsafePathError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        log.warning("timing cache %s not saved (%s)", path, why,
                     extra={"event": "timing_cache_not_saved", "path": str(path)})
-        return f"not saved ({exc.strerror or exc})"
+        return f"not saved ({why})"
     return "saved"
 
 
@@ -136,7 +138,7 @@ def gpu_lock_path(cache_dir: Path, gpu_uuid: str) -> Path:
 @contextlib.contextmanager
 def device_lock(cache_dir: Path, gpu_uuid: str, on_wait: Callable[[str], None]) -> Iterator[None]:
     """Hold the GPU's build lock; concurrent builds would also skew TensorRT's kernel timing."""
-    lock = FileLock(str(gpu_lock_path(cache_dir, gpu_uuid)))
+    lock = safe_lock(gpu_lock_path(cache_dir, gpu_uuid))  # UnsafePathError: a link or FIFO planted there
     try:
         lock.acquire(timeout=0)
     except Timeout:

@@ -178,3 +178,28 @@ def test_a_link_planted_at_a_lock_path_between_plan_and_execute_is_refused(tmp_p
     with pytest.raises(UnsafePathError, match="has 2 hard links"):
         plan.execute()
     assert precious.read_bytes() == b"precious\n" and lock.exists()
+
+
+def test_a_lock_folder_that_is_a_file_is_no_lock_held(tmp_path):
+    """Builds refuse such a cache (ensure_cache_dir); status and gc still read it without a traceback."""
+    (tmp_path / LOCK_DIR).write_bytes(b"not a folder")
+    assert lock_held(tmp_path / LOCK_DIR / (NAME + ".lock")) is False
+    assert scan_cache(tmp_path).leftovers == ()
+
+
+def test_the_tensorrt_timing_and_gpu_locks_refuse_a_link_too(tmp_path, locks):
+    """backends/trt_cache.py opens its locks through safe_lock: a planted link is refused, never opened."""
+    from provisioning.backends.trt_cache import device_lock, gpu_lock_path, save_timing_cache
+
+    cache = locks.parent
+    precious = tmp_path / "precious"
+    precious.write_bytes(b"precious\n")
+    timing = cache / "timing" / "sm90.cache"
+    os.symlink(precious, locks / f"timing-{timing.name}.lock")
+    said = save_timing_cache(object(), timing)  # the config is never reached
+    assert said.startswith("not saved (lock file ") and "is a symlink" in said
+    os.symlink(precious, gpu_lock_path(cache, "GPU-1234"))
+    with pytest.raises(UnsafePathError, match="is a symlink"):
+        with device_lock(cache, "GPU-1234", on_wait=lambda uuid: None):
+            pass
+    assert precious.read_bytes() == b"precious\n"
