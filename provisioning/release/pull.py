@@ -271,14 +271,15 @@ def _pull_one(run: _Run, release: Release, model: str, choice: Choice, path: Pat
         return PullLine(model, "FAILED", choice, f"not tried: the remote is unavailable ({run.dead})")
     try:
         with engine_lock(path):
-            if is_present(path, variant, Sha256Sidecar.check):  # another pull published it meanwhile
+            if _published_meanwhile(path, variant):
                 return PullLine(model, "PRESENT", choice, "", path)
             _remove_leftovers(path)
             _fetch(run, release, variant, path)
         return PullLine(model, "PULLED", choice, "", path)
-    except FileNotFoundError:
-        return PullLine(model, "GONE", choice, f"its entry {where} is no longer in the bucket (garbage-collected?); "
-                        "nothing published; pull a newer release, or build and release this host class again")
+    except _Gone as exc:
+        return PullLine(model, "GONE", choice, f"its entry {where} is no longer in the bucket ({exc} missing: "
+                        "garbage-collected?); nothing published; pull a newer release, or build and release this "
+                        "host class again")
     except _Refused as exc:
         return PullLine(model, "REFUSED", choice, f"{exc} in {where}; nothing published for {model} (the bucket "
                         "was written after the release was signed; rebuild and release again)")
@@ -300,6 +301,20 @@ class _Refused(Exception):
     """The bucket holds other bytes than the release pins (the message says which)."""
 
 
+class _Gone(Exception):
+    """A part of the entry the release pins is not in the bucket (the message names it)."""
+
+
+def _published_meanwhile(path: Path, variant: Variant) -> bool:
+    """Under the build lock: did another pull publish the release's engine since the check before?
+
+    Only an engine whose sidecar already names the pinned SHA-256 is hashed again, so an
+    engine found wrong before is not hashed twice.
+    """
+    record = Sha256Sidecar.read(path)
+    return record is not None and record.sha256 == variant.sha256 and is_present(path, variant, Sha256Sidecar.check)
+
+
 def _fetch(run: _Run, release: Release, variant: Variant, path: Path) -> None:
     """Manifest, then engine (hashed as it arrives), then publish with the sidecar last."""
     from ..remote.store import RemoteContentError
@@ -311,7 +326,7 @@ def _fetch(run: _Run, release: Release, variant: Variant, path: Path) -> None:
     except RemoteContentError as exc:
         raise _Refused(f"the manifest part is unusable ({_one_line(exc)})") from None
     if blob is None:
-        raise FileNotFoundError(variant.entry.manifest)
+        raise _Gone("its manifest part")
     _check_manifest(blob, variant, release)
     free = shutil.disk_usage(path.parent).free
     if free < variant.size + _FREE_MARGIN:
@@ -320,7 +335,10 @@ def _fetch(run: _Run, release: Release, variant: Variant, path: Path) -> None:
     try:
         try:
             with _writing_back(fd):
-                store.download(f"{base}/{variant.entry.engine}", fd, variant.size, variant.sha256, timeout)
+                try:
+                    store.download(f"{base}/{variant.entry.engine}", fd, variant.size, variant.sha256, timeout)
+                except FileNotFoundError:
+                    raise _Gone("its engine part") from None
             os.fsync(fd)  # the durability point: the write-back above leaves it only the last pages
         finally:
             os.close(fd)

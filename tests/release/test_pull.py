@@ -105,7 +105,15 @@ def test_an_entry_gone_from_the_bucket_fails_that_backbone_with_a_line(kit, tmp_
     release, config = serve(kit, tmp_path)
     report = pull_release(release, config, host=serving_host(H100, tensorrt="10.16.1.11"), models=["cls", "det"])
     assert [line.state for line in report.lines] == ["PULLED", "GONE"] and report.exit_code == 1
-    assert "is no longer in the bucket" in report.lines[1].text()
+    assert "is no longer in the bucket (its manifest part missing" in report.lines[1].text()
+
+    cls = kit.variants["cls"][0]
+    (root / cls.entry.base / cls.entry.engine).unlink()  # only the engine part went
+    for path in config.cache_dir.glob(cls.engine + "*"):
+        path.unlink()
+    report = pull_release(release, config, host=serving_host(H100, tensorrt="10.16.1.11"), models=["cls"])
+    assert report.lines[0].state == "GONE" and "(its engine part missing" in report.lines[0].text()
+    assert not [p for p in config.cache_dir.iterdir() if p.name.startswith(cls.engine)]
 
 
 def test_bad_releases_are_refused_before_anything_is_downloaded(kit, tmp_path):
