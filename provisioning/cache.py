@@ -37,8 +37,8 @@ from .manifest import (
     read_manifest,
 )
 from .schema import BUILD_LOG_SUFFIX, COMMIT_SUFFIX, EVENTS_FILE, LOCK_DIR, EngineFilenameSchema
-from .sidecar import (SIDECAR_SUFFIX, Sha256Sidecar, Verification, check_lock_path, lock_held,  # noqa: F401
-                      open_nofollow, safe_lock)
+from .sidecar import (SIDECAR_SUFFIX, Sha256Sidecar, Verification, check_lock_path, is_regular_or_gone,  # noqa: F401
+                      lock_held, open_nofollow, safe_lock)
 from .verify import record_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -109,6 +109,9 @@ def check_entry(
     manifest = read_manifest(engine_path)
     if manifest is None and os.path.islink(manifest_path_for(engine_path)):
         return EntryCheck(None, (f"manifest {manifest_path_for(engine_path).name} is a symlink; not followed",))
+    if manifest is None and not is_regular_or_gone(manifest_path_for(engine_path)):
+        return EntryCheck(None, (f"manifest {manifest_path_for(engine_path).name} is not a regular file (a FIFO?); "
+                                 "not read",))
     reasons = explain_mismatch(manifest, expected)
     if reasons:
         return EntryCheck(None, tuple(reasons))

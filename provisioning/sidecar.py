@@ -89,13 +89,20 @@ def open_nofollow(path: str | os.PathLike[str]) -> int:
     return fd
 
 
-def check_lock_path(path: str | os.PathLike[str]) -> None:
-    """UnsafePathError unless ``path`` can be used as a lock file without touching anything else.
+def is_regular_or_gone(path: str | os.PathLike[str]) -> bool:
+    """False only for something that exists and is neither a regular file nor a symlink (a FIFO, a device)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return True
+    return stat.S_ISREG(mode) or stat.S_ISLNK(mode)
 
-    Usable: absent, or a regular file with a single link, in a folder that is not a symlink.
-    A symlink, a hard link (a second name of a file that may live outside the cache) or a
-    FIFO is refused with one line saying to remove it: opening it for a lock would create,
-    truncate or block on something that is not the cache's. Nothing is created here.
+
+def check_lock_path(path: str | os.PathLike[str]) -> None:
+    """UnsafePathError unless ``path`` is absent or a regular file with one link, in a folder that is no symlink.
+
+    A symlink, a hard link (a second name of a file maybe outside the cache) or a FIFO is
+    refused with one line saying to remove it; nothing is created here.
     """
     fd = _open_lock_probe(Path(path))
     if fd is not None:
@@ -146,8 +153,7 @@ def lock_held(path: str | os.PathLike[str]) -> bool:
     Probes with a non-blocking flock on a read-only descriptor of the existing file (an
     absent file is not held); UnsafePathError as :func:`check_lock_path`.
     """
-    path = Path(path)
-    fd = _open_lock_probe(path)
+    fd = _open_lock_probe(Path(path))
     if fd is None:
         return False
     try:
@@ -418,6 +424,8 @@ class Sha256Sidecar:
                 return Verification(False, f"sidecar {sidecar.name} is a symlink; not followed")
             if not os.path.lexists(sidecar):
                 return Verification(False, "sidecar missing")
+            if not is_regular_or_gone(sidecar):
+                return Verification(False, f"sidecar {sidecar.name} is not a regular file (a FIFO?); not read")
             return Verification(False, "sidecar malformed")
         if record.file_name != engine_path.name:
             return Verification(False, f"sidecar names another file ({record.file_name})")
