@@ -191,7 +191,7 @@ def rank_variant(variant: Any, host: ServingHost, allow_cpu_fallback: bool = Fal
 def _rank_cpu(variant: Any, host: ServingHost, allow_cpu_fallback: bool) -> tuple[int, str] | None:
     if not allow_cpu_fallback or variant.tied_to.kind != "cpu":
         return None
-    if variant.tied_to.machine != host.machine or variant.tied_to.isa != host.isa:
+    if variant.tied_to.machine != host.cpu_key.rsplit("-", 2)[0] or variant.tied_to.isa != host.isa:
         return None
     runtime = host.runtimes.get("onnxruntime")
     if runtime is not None and _release(variant.backend_version) > _release(runtime):
