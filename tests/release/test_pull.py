@@ -195,6 +195,13 @@ def doit_pull(folder: Path, *args: str, gpu=H100, timeout: float = 120, env: dic
 def test_doit_engines_pull_runs_without_a_dodo_and_names_the_runtime_it_used(kit, tmp_path):
     release = kit.write(tmp_path / "engines.release.json")
     serving = kit.serving_yaml(tmp_path / "serving")
+    done = doit_pull(serving.parent, str(release), "--dry-run", "--json", "--runtime", "tensorrt==10.16.1.11",
+                     env={"PROVISIONING_SERVING_CONFIG": str(serving)})
+    plan = json.loads(done.stdout)
+    assert done.returncode == 1 and plan["dry_run"] is True  # emb has only a CPU engine: no usable variant
+    assert [(b["model_name"], b["state"], b["reason"]) for b in plan["backbones"]] == [
+        ("cls", "PLANNED", "version-compatible 10.12 <= 10.16"), ("det", "PLANNED", "exact"), ("emb", "NO-VARIANT", None)]
+    assert plan["host"]["runtimes"]["tensorrt"] == "10.16.1.11" and not (serving.parent / "cache").exists()
     done = doit_pull(serving.parent, str(release), "--runtime", "tensorrt==10.16.1.11", "--models", "det,cls",
                      env={"PROVISIONING_SERVING_CONFIG": str(serving)})
     assert done.returncode == 0, done.stderr
