@@ -143,9 +143,8 @@ def plan_remote_gc(
             if corpus is not None and owner == corpus:
                 reason = f"superseded: corpus {corpus!r} builds this model from other inputs now (manifest build.corpus)"
             else:
-                why = ("set remote.corpus so gc can tell this corpus's old entries from others'" if corpus is None
-                       else f"its manifest names corpus {shown(owner, 64) if owner else 'none'}, not {corpus!r}")
-                kept.append(f"{paths.label}: other inputs for a model of this corpus, kept ({why})")
+                kept.append(f"{paths.label}: other inputs for a model of this corpus, kept "
+                            f"({_why_kept(store, paths, commits, timeout_s, corpus, owner)})")
         if reason is None:
             continue
         if live:
@@ -239,6 +238,39 @@ def _recorded_corpus(store: ObjectStore, paths: EntryPaths, commits: dict[str, d
                 continue
             document = json.loads(manifest)
         except (Unverified, RemoteContentError, ValueError, RecursionError):
+            continue
+        build = document.get("build") if isinstance(document, dict) else None
+        value = build.get("corpus") if isinstance(build, dict) else None
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _why_kept(store: ObjectStore, paths: EntryPaths, commits: dict[str, dict], timeout_s: float,
+              corpus: str | None, owner: str | None) -> str:
+    """Why an entry of other inputs is not this corpus's to delete, for the plan's "kept" line.
+
+    Without a verified owner, the corpus a record merely claims (read without verifying)
+    is named, and a claim of this very corpus says that it did not verify.
+    """
+    if corpus is None:
+        return "set remote.corpus so gc can tell this corpus's old entries from others'"
+    claimed = owner if owner is not None else _claimed_corpus(store, paths, commits, timeout_s)
+    if claimed == corpus:
+        return (f"its record names corpus {corpus!r} but does not verify under this host's keys "
+                "(or its manifest part is not the one the record names)")
+    return f"its manifest names corpus {shown(claimed, 64) if claimed else 'none'}, not {corpus!r}"
+
+
+def _claimed_corpus(store: ObjectStore, paths: EntryPaths, commits: dict[str, dict], timeout_s: float) -> str | None:
+    """``build.corpus`` named by an entry's first readable record, unverified: for messages only, never a decision."""
+    for key_id in sorted(commits, key=lambda k: k == UNSIGNED):
+        record = _record(store, paths, key_id, timeout_s)
+        if record is None:
+            continue
+        try:
+            blob = store.read_small(paths.manifest(record.manifest_sha256), _MAX_MANIFEST, timeout_s)
+            document = json.loads(blob) if blob else None
+        except (RemoteContentError, ValueError, RecursionError):
             continue
         build = document.get("build") if isinstance(document, dict) else None
         value = build.get("corpus") if isinstance(build, dict) else None

@@ -203,6 +203,27 @@ def test_gc_ignores_an_unsigned_record_in_a_signed_fleet(site):
     assert items == [], "an unsigned record decided ownership in a signed fleet"
 
 
+def test_gc_in_a_signed_fleet_removes_this_corpus_superseded_entry(site):
+    keys = make_ed25519_keys(site.tmp / "keys", "fleet", key_id="fleet")
+    site.cache("a-builder", signing_key=keys.builder, corpus="A").publish(site.built)
+    config_a = _corpus_config(site, "a-gc", {"url": site.url, "signing_key": keys.builder, "timeout_s": 2,
+                                             "corpus": "A"})
+    items, _ = _gc_plan(site, config_a)
+    assert items == [str(site.entry)]
+
+
+def test_gc_says_when_a_claim_of_this_corpus_does_not_verify(site):
+    config_a, record_path = _corpus_b_entry(site)
+    part = _manifest_part(site, record_path)
+    planted = json.loads(part.read_bytes())
+    planted["build"]["corpus"] = "A"
+    part.write_bytes(manifest_bytes(planted))
+    _, kept = _gc_plan(site, config_a)
+    assert [line.split(": ", 1)[1] for line in kept] == [
+        "other inputs for a model of this corpus, kept (its record names corpus 'A' but does not verify under this "
+        "host's keys (or its manifest part is not the one the record names))"]
+
+
 def test_gc_in_an_unsigned_fleet_still_removes_this_corpus_superseded_entry(site):
     site.cache("b-builder", corpus="A").publish(site.built)
     config_a = _corpus_config(site, "a-gc", {"url": site.url, "timeout_s": 2, "corpus": "A"})
