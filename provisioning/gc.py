@@ -34,6 +34,7 @@ from filelock import Timeout
 
 from .cache import COMPANION_SUFFIXES, LOCK_DIR, entry_files, lock_held, lock_is_held, lock_path_for, safe_lock
 from .errors import UnsafePathError
+from .lockwait import HOLDER_SUFFIX, holder_path
 from .schema import ENGINE_SUFFIX, EngineFilenameSchema, ParsedEngineName
 from .sidecar import is_temp_name, temp_owner_pid
 
@@ -58,7 +59,7 @@ class CachedEngine:
 
     def existing_files(self) -> tuple[Path, ...]:
         """:attr:`files` that exist now, then the lock file if it exists: what deleting the engine removes."""
-        return tuple(p for p in (*self.files, lock_path_for(self.path)) if os.path.lexists(p))
+        return tuple(p for p in (*self.files, holder_path(self.path), lock_path_for(self.path)) if os.path.lexists(p))
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class GcItem:
     reason: str
     engine: CachedEngine | None = None
     lock: bool = False  # a lock file of an engine that is gone: removed while holding it
+    holder: bool = False  # a lock's holder record: removed unless the lock is held by then
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,12 @@ class GcPlan:
                 if removed is None:
                     skipped.append(f"{item.paths[0].name}: a live process took this lock meanwhile; kept")
                     continue
+            elif item.engine is None and item.holder:
+                lock = item.paths[0].with_name(item.paths[0].name.removesuffix(HOLDER_SUFFIX))
+                if lock_held(lock):
+                    skipped.append(f"{item.paths[0].name}: a build took its lock meanwhile; kept")
+                    continue
+                removed = [p for p in item.paths if _remove(p)]
             elif item.engine is None:
                 removed = [p for p in item.paths if _remove(p)]
             else:
@@ -186,9 +194,11 @@ def scan_cache(cache_dir: Path) -> CacheScan:
 
 
 def _orphan_locks(locks: Path, names: set[str]) -> list[LeftoverFile]:
-    """The lock files in ``.locks`` of engines not in the cache (held ones marked ``owner_alive``).
+    """What in ``.locks`` belongs to no engine or to no running build (held locks marked ``owner_alive``).
 
-    UnsafePathError when ``.locks`` is a symlink: builds refuse it, and so does GC.
+    The lock files of engines not in the cache ("lock"), the holder records of builds that are
+    not running ("holder": its lock is not held; a killed build leaves one) and temporary files
+    of dead processes. UnsafePathError when ``.locks`` is a symlink: builds refuse it, and so does GC.
     """
     if os.path.islink(locks):
         raise UnsafePathError(f"lock folder {locks} is a symlink (not followed; nothing in the cache creates one); "
@@ -199,15 +209,22 @@ def _orphan_locks(locks: Path, names: set[str]) -> list[LeftoverFile]:
         return []
     found = []
     for entry in entries:
-        engine = entry.name.removesuffix(".lock")
-        if engine == entry.name or engine in names:
+        path = Path(entry.path)
+        if is_temp_name(entry.name):
+            pid = temp_owner_pid(entry.name)
+            found.append(LeftoverFile(path, _size(entry), "temp", pid, _alive(pid)))
+            continue
+        holder = entry.name.endswith(".lock" + HOLDER_SUFFIX)
+        lock_name = entry.name.removesuffix(HOLDER_SUFFIX) if holder else entry.name
+        engine = lock_name.removesuffix(".lock")
+        if engine == lock_name or (engine in names and not holder):
             continue
         try:
             EngineFilenameSchema.parse(engine)
         except ValueError:
             continue  # another kind of lock (timing cache, GPU): not an engine's
-        path = Path(entry.path)
-        found.append(LeftoverFile(path, _size(entry), "lock", owner_alive=lock_held(path)))
+        found.append(LeftoverFile(path, _size(entry), "holder" if holder else "lock",
+                                  owner_alive=lock_held(locks / lock_name)))
     return found
 
 
@@ -233,6 +250,10 @@ def plan_gc(
         if leftover.kind == "lock":
             if not leftover.owner_alive:
                 items.append(GcItem((leftover.path,), leftover.size, "lock file of an engine that is gone", lock=True))
+        elif leftover.kind == "holder":
+            if not leftover.owner_alive:
+                items.append(GcItem((leftover.path,), leftover.size, "lock holder record of a build that is not "
+                                    "running", holder=True))
         elif leftover.kind == "temp":
             if leftover.owner_alive:
                 continue
@@ -262,6 +283,8 @@ def plan_gc(
             items.append(GcItem(engine.existing_files(), engine.size, "over the size budget (least recently used)",
                                 engine))
             size -= engine.size
+    deleted_with_engines = {path for item in items if item.engine is not None for path in item.paths}
+    items = [item for item in items if not (item.holder and item.paths[0] in deleted_with_engines)]
     if max_size is not None and scan.total_bytes - sum(i.size for i in items) > max_size:
         notes.append("the budget cannot be met without deleting locked engines or files in use")
     return GcPlan(scan.cache_dir, tuple(items), tuple(locked), scan.total_bytes, tuple(notes))
@@ -281,7 +304,7 @@ def _remove_engine(engine: CachedEngine) -> list[Path] | None:
     lock_path = lock_path_for(engine.path)
     if not lock_path.parent.is_dir():
         return [p for p in engine.files if _remove(p)]
-    return _holding(lock_path, lambda: [p for p in engine.files if _remove(p)])
+    return _holding(lock_path, lambda: [p for p in (*engine.files, holder_path(engine.path)) if _remove(p)])
 
 
 def _remove_lock_file(path: Path) -> list[Path] | None:

@@ -161,7 +161,7 @@ def test_an_orphan_lock_taken_between_plan_and_execute_is_kept(locks):
 
 
 def test_gc_keeps_locks_that_are_not_an_engines(locks):
-    for name in ("timing-abc.lock", "gpu-GPU-1234.lock", "notes.txt", NAME + ".lock.holder", NAME):
+    for name in ("timing-abc.lock", "gpu-GPU-1234.lock", "notes.txt", "timing-abc.lock.holder", NAME):
         (locks / name).write_bytes(b"")
     assert plan_gc(scan_cache(locks.parent), current=[], host_keys=[]).items == ()
 
@@ -203,3 +203,67 @@ def test_the_tensorrt_timing_and_gpu_locks_refuse_a_link_too(tmp_path, locks):
         with device_lock(cache, "GPU-1234", on_wait=lambda uuid: None):
             pass
     assert precious.read_bytes() == b"precious\n"
+
+
+def _engine_entry(cache: Path, name: str = NAME) -> Path:
+    from provisioning.sidecar import Sha256Sidecar
+
+    engine = cache / name
+    Sha256Sidecar.write_atomic_and_sidecar(engine, b"plan" * 100)
+    return engine
+
+
+def test_holder_records_and_temporary_files_of_builds_that_are_not_running_are_collected(locks):
+    """A killed build leaves `.locks/<engine>.lock.holder` (and maybe the record's temporary file) behind."""
+    from provisioning.lockwait import holder_path
+
+    cache = locks.parent
+    current = _engine_entry(cache)  # its build was killed: a holder record, the lock not held
+    (locks / (NAME + ".lock")).write_bytes(b"")
+    holder_path(current).write_text('{"pid": 4000000}')
+    building = cache / NAME.replace("0c4e7d21", "11111111")  # a build in progress: lock held, holder written
+    holder_path(building).write_text('{"pid": 1}')
+    dead_temp = locks / f".{NAME}.lock.holder.4000000.0a1b2c3d.incomplete"
+    live_temp = locks / f".{NAME}.lock.holder.{os.getpid()}.0a1b2c3d.incomplete"
+    dead_temp.write_bytes(b"{")
+    live_temp.write_bytes(b"{")
+    holder = _hold(locks / (building.name + ".lock"))
+    try:
+        plan = plan_gc(scan_cache(cache), current=[NAME], host_keys=["x86_64-avx512-1a2b3c"])
+        reasons = {item.paths[0].name: item.reason for item in plan.items}
+        assert reasons == {holder_path(current).name: "lock holder record of a build that is not running",
+                           dead_temp.name: "leftover temporary file (owner pid 4000000 is gone)"}
+        plan.execute()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not holder_path(current).exists() and not dead_temp.exists()
+    assert holder_path(building).exists() and live_temp.exists() and Path(str(current)).exists()
+
+
+def test_a_holder_record_whose_lock_is_taken_between_plan_and_execute_is_kept(locks):
+    from provisioning.lockwait import holder_path
+
+    engine = locks.parent / NAME
+    holder_path(engine).write_text('{"pid": 4000000}')
+    plan = plan_gc(scan_cache(locks.parent), current=[], host_keys=[])
+    assert [item.paths for item in plan.items] == [(holder_path(engine),)]
+    holder = _hold(locks / (NAME + ".lock"))
+    try:
+        result = plan.execute()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.deleted == () and holder_path(engine).exists()
+
+
+def test_deleting_an_engine_removes_its_holder_record_and_lock_file(locks):
+    from provisioning.lockwait import holder_path
+
+    engine = _engine_entry(locks.parent)
+    (locks / (NAME + ".lock")).write_bytes(b"")
+    holder_path(engine).write_text('{"pid": 4000000}')
+    plan = plan_gc(scan_cache(locks.parent), current=[], host_keys=["x86_64-avx512-1a2b3c"])
+    (item,) = plan.items
+    assert item.reason == "superseded build of this host" and holder_path(engine) in item.paths
+    assert set(plan.execute().deleted) == set(item.paths) and os.listdir(locks) == []
