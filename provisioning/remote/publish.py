@@ -97,8 +97,11 @@ class EntryPublish:
         host_key = str(entry.inputs.get("host", {}).get("host_key", ""))
         paths = EntryPaths(store, host_key, name, inputs_digest(entry.inputs))
         try:
-            manifest_blob = _read_local(manifest_path_for(entry.path))
-            manifest_blob = shared_manifest(manifest_blob, corpus=cfg.corpus, details=cfg.share_build_details)
+            local_blob = _read_local(manifest_path_for(entry.path))
+            manifest_blob = shared_manifest(local_blob, corpus=cfg.corpus, details=cfg.share_build_details)
+            if entry.manifest and local_blob != manifest_bytes(entry.manifest):
+                # what gets signed is what this process wrote, never what the cache folder holds now
+                raise _LocalManifestError("changed since this process wrote it; rebuild it with doit engines")
         except OSError as exc:
             raise _LocalManifestError(f"cannot be read: {exc.strerror or exc}") from None
         except (ValueError, RecursionError, AttributeError, TypeError) as exc:  # over 1 MiB (cut), or not a manifest

@@ -1681,3 +1681,30 @@ def test_shared_manifest_details_corpus_and_odd_shapes():
     plain = manifest_bytes({"schema_version": 1})
     assert shared_manifest(plain) == plain
     assert shared_manifest(b'{"b": 1, "a": {"build": 2}}') == manifest_bytes({"a": {"build": 2}, "b": 1})
+
+
+def test_a_local_manifest_rewritten_after_the_build_is_not_signed(site, logs):
+    """A writer of the cache folder edits the manifest between the build and its upload (a forged
+    validation record, say): the upload signs what this process wrote, or nothing."""
+    folder = site.tmp / "raced"
+    folder.mkdir()
+    engine = folder / site.name
+    shutil.copyfile(site.built.path, engine)
+    document = json.loads(manifest_path_for(site.built.path).read_bytes())
+    manifest_path_for(engine).write_bytes(manifest_bytes(document))
+    entry = EngineCacheEntry("det", engine, site.built.sha256, site.built.size, site.built.inputs, document)
+    forged = json.loads(json.dumps(document))
+    forged["build"]["notes"] = {"validation": {"passed": True, "forged": True}}
+    manifest_path_for(engine).write_bytes(manifest_bytes(forged))
+    cache = site.cache(timeout_s=0.5)
+    cache.publish(entry)
+    assert not site.commit().exists()
+    assert not [p for p in site.tmp.rglob("manifest/*") if b"forged" in p.read_bytes()]
+    (skipped,) = logs.events("remote_upload_skipped")
+    assert skipped.getMessage() == (f"remote cache: upload of {site.name} skipped (its local manifest changed since "
+                                    "this process wrote it; rebuild it with doit engines); the local engine is "
+                                    "published, the remote stays on")
+    assert cache.disabled_reason is None
+    manifest_path_for(engine).write_bytes(manifest_bytes(document))  # as written: uploaded and signed
+    cache.publish(entry)
+    assert site.commit().exists()
