@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import lock_is_held
+from ..errors import ProvisioningError
 from .errors import ConditionalWriteUnsupported, RemoteContentError, shown
 from .objectstore import ObjectStore
 
@@ -114,10 +115,20 @@ class BuilderLease:
         """Called by publish(): keep renewing until :meth:`release`, whatever the lock says."""
         self._claimed.set()
 
+    def _build_lock_held(self) -> bool:
+        """Whether this entry's local build still runs; a lock path that cannot be probed (a planted
+        link) counts as held, so the lease keeps renewing until the build ends through publish()."""
+        try:
+            return lock_is_held(self.engine_path)
+        except ProvisioningError as exc:
+            log.warning("remote cache: cannot probe the build lock of %s (%s); the lease is kept while the build "
+                        "runs", self.engine_path.name, exc)
+            return True
+
     def _renew(self) -> None:
         interval = max(0.05, self.lease_s / 3)
         while not self._stop.wait(interval):
-            if not self._claimed.is_set() and not lock_is_held(self.engine_path):
+            if not self._claimed.is_set() and not self._build_lock_held():
                 # The build ended without publish(): it failed. A short grace covers the
                 # instant between the compiler releasing its lock and calling publish().
                 if self._claimed.wait(min(2.0, self.lease_s / 2)):

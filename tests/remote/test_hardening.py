@@ -500,3 +500,19 @@ def test_the_verdict_expires_for_a_process_that_lives_on(site):
     assert state.off_reason() is None
     cache = site.cache(run=state)
     assert cache.disabled_reason is None
+
+
+def test_a_link_planted_at_the_build_lock_mid_build_keeps_the_lease_renewing(tmp_path, caplog):
+    """The lease's renewal thread probes the build lock; a planted link there is refused by the
+    probe, which must not end the thread with a traceback (the lease would lapse mid-build)."""
+    from provisioning.remote.lease import BuilderLease
+
+    engine = tmp_path / "cache" / "det.engine"
+    (engine.parent / ".locks").mkdir(parents=True)
+    (tmp_path / "outside").write_text("someone else's file")
+    (engine.parent / ".locks" / "det.engine.lock").symlink_to(tmp_path / "outside")
+    lease = BuilderLease(None, "host/det.engine/digest/lease", engine, lease_s=30, timeout_s=1)  # type: ignore[arg-type]
+    with caplog.at_level("WARNING", logger="provisioning.remote"):
+        assert lease._build_lock_held() is True
+    assert "cannot probe the build lock of det.engine" in caplog.text
+    assert (tmp_path / "outside").read_text() == "someone else's file"
