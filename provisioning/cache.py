@@ -37,8 +37,8 @@ from .manifest import (
     read_manifest,
 )
 from .schema import BUILD_LOG_SUFFIX, COMMIT_SUFFIX, EVENTS_FILE, LOCK_DIR, EngineFilenameSchema
-from .sidecar import (SIDECAR_SUFFIX, Sha256Sidecar, Verification, check_lock_path, is_regular_or_gone,  # noqa: F401
-                      lock_held, open_nofollow, safe_lock)
+from .locks import check_lock_path, lock_held, safe_lock  # noqa: F401 (re-exported for gc, serving, tests)
+from .sidecar import SIDECAR_SUFFIX, Sha256Sidecar, Verification, is_regular_or_gone, open_nofollow
 from .verify import record_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -195,13 +195,13 @@ def engine_lock(engine_path: Path) -> FileLock:
     """An inter-process lock for one canonical engine (only avoids duplicate work).
 
     UnsafePathError when something planted a symlink, a hard link or a FIFO at the lock's
-    path (or a symlink at the lock folder): see :func:`provisioning.sidecar.safe_lock`.
+    path (or a symlink at the lock folder): see :func:`provisioning.locks.safe_lock`.
     """
     return safe_lock(lock_path_for(engine_path))
 
 
 def lock_is_held(engine_path: Path) -> bool:
-    """True when a live process holds the build lock of ``engine_path`` (see :func:`provisioning.sidecar.lock_held`)."""
+    """True when a live process holds the build lock of ``engine_path`` (see :func:`provisioning.locks.lock_held`)."""
     return lock_held(lock_path_for(engine_path))
 
 

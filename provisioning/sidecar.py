@@ -6,16 +6,13 @@ process-unique temporary file in the same folder, fsynced and renamed into place
 optional ``before_commit`` step (the manifest) follows; the sidecar is written last, the
 same way, and is the commit point. A file without a sidecar that matches it is absent.
 No path here is ever followed through a symlink, and no read blocks on a FIFO.
-
-Lock files are opened only through :func:`safe_lock` (and probed through :func:`lock_held`),
-which refuse a symlink, a hard link or a FIFO at the lock's path, or a symlinked folder.
+Lock files have their own module, :mod:`provisioning.locks`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import os
 import re
@@ -23,8 +20,6 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Mapping, Union
-
-from filelock import FileLock
 
 from .errors import UnsafePathError
 from .interrupt import deferred as deferred_interrupts
@@ -96,77 +91,6 @@ def is_regular_or_gone(path: str | os.PathLike[str]) -> bool:
     except OSError:
         return True
     return stat.S_ISREG(mode) or stat.S_ISLNK(mode)
-
-
-def check_lock_path(path: str | os.PathLike[str]) -> None:
-    """UnsafePathError unless ``path`` is absent or a regular file with one link, in a folder that is no symlink.
-
-    A symlink, a hard link (a second name of a file maybe outside the cache) or a FIFO is
-    refused with one line saying to remove it; nothing is created here.
-    """
-    fd = _open_lock_probe(Path(path))
-    if fd is not None:
-        os.close(fd)
-
-
-def _open_lock_probe(path: Path) -> int | None:
-    """A read-only descriptor of an existing, safe lock file (None: absent); UnsafePathError otherwise."""
-    if os.path.islink(path.parent):
-        raise UnsafePathError(f"lock folder {path.parent} is a symlink (not followed; nothing in the cache creates "
-                              "one); remove it")
-    try:
-        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
-    except (FileNotFoundError, NotADirectoryError):  # no lock folder, or a file there (builds refuse that)
-        return None
-    except OSError:
-        if os.path.islink(path):
-            raise UnsafePathError(f"lock file {path} is a symlink (not followed; nothing in the cache creates one); "
-                                  "remove it") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafePathError(f"lock file {path} is not a regular file (a FIFO or a device; nothing in the cache "
-                                  "creates one); not used; remove it")
-        if st.st_nlink > 1:
-            raise UnsafePathError(f"lock file {path} has {st.st_nlink} hard links (another name of a file that may "
-                                  "live outside the cache; nothing in the cache creates one); not used; remove it")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def safe_lock(path: str | os.PathLike[str], timeout: float = -1) -> FileLock:
-    """The one way this package opens a lock file: a FileLock, after :func:`check_lock_path`.
-
-    filelock itself opens the file with O_NOFOLLOW (the floor in pyproject.toml), so a link
-    planted between the check and the open is refused by the open.
-    """
-    check_lock_path(path)
-    return FileLock(os.fspath(path), timeout=timeout)
-
-
-def lock_held(path: str | os.PathLike[str]) -> bool:
-    """True when a live process holds the lock at ``path``; creates, truncates and follows nothing.
-
-    Probes with a non-blocking flock on a read-only descriptor of the existing file (an
-    absent file is not held); UnsafePathError as :func:`check_lock_path`.
-    """
-    fd = _open_lock_probe(Path(path))
-    if fd is None:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return True
-        raise
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
 
 
 def stat_signature(st: os.stat_result) -> list[int]:

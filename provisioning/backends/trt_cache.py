@@ -26,7 +26,8 @@ from filelock import Timeout
 
 from ..schema import LOCK_DIR
 from ..errors import UnsafePathError
-from ..sidecar import atomic_write_bytes, open_nofollow, safe_lock
+from ..locks import safe_lock
+from ..sidecar import atomic_write_bytes, open_nofollow
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..host import HostCapabilities
