@@ -213,8 +213,10 @@ def _run_reference(session: Any, names: list[str], feed: Mapping[str, Any], wher
         return session.run(names, dict(feed))
     except Exception as exc:  # noqa: BLE001 - onnxruntime's InvalidArgument/Fail/...
         shapes = ", ".join(f"{k} {list(getattr(v, 'shape', []))}" for k, v in feed.items())
+        cause = _first_line(exc)
+        cause = cause if len(cause) <= 160 else cause[:157] + "..."  # the fix after it must fit one FAILED line
         raise BackendError(
-            f"{where}: validation cannot run the source model on its inputs ({shapes}): {_first_line(exc)}; "
+            f"{where}: validation cannot run the source model on its inputs ({shapes}): {cause}; "
             "give the values the model needs under validate.inputs (for example sr: 16000), shapes under 'inputs', "
             "or set validate: false"
         ) from None

@@ -99,7 +99,8 @@ def test_an_unreadable_key_file_stops_the_run_before_anything_is_built(project: 
     _keyed_remote(project, "keys/engine.key")
     result = project.doit("engines")
     assert result.returncode == 2, _output(result)
-    assert result.stderr.count("\n") == 1 and "cannot read key file" in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "field 'remote.signing_key'" in result.stderr and "engine.key is not a regular file" in result.stderr
     assert "FAILED" not in _output(result) and not (project.cache / "events.jsonl").exists()
 
 
