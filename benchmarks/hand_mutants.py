@@ -8,7 +8,9 @@ suite). Each mutant is written by hand in ``benchmarks/hand_mutants/<area>.json`
      "file": "provisioning/sidecar.py", "find": "<exact text, unique in the file>",
      "replace": "<the mutated text>", "tests": ["tests/reliability/test_fifo.py::test_x"]}
 
-For each mutant the runner copies the project into a private folder, applies the one edit,
+First the runner runs every test the mutants name once, on an unmutated copy: a test that
+fails there would call every mutant it guards "killed", so such mutants are reported as
+"error (baseline)" instead. Then, for each mutant, it copies the project into a private folder, applies the one edit,
 runs the mutant's tests there (PYTHONPATH puts the copy first, so doit subprocesses and
 entry points load the mutated package too) and calls it killed when pytest fails. A mutant
 whose ``find`` text is not exactly once in the file is reported as stale (the rule moved:
@@ -110,6 +112,30 @@ def run_mutant(mutant: Mutant) -> dict:
             "seconds": round(time.monotonic() - started, 1)}
 
 
+def baseline_failures(mutants: list[Mutant]) -> set[str]:
+    """The named tests that fail without any mutant (they prove nothing about a mutant)."""
+    tests = sorted({t for m in mutants for t in m.tests})
+    with tempfile.TemporaryDirectory(prefix="hand-mutant-baseline-") as tmp:
+        where = Path(tmp)
+        _copy_project(where)
+        env = {**os.environ, "PYTHONPATH": str(where), "PYTHONDONTWRITEBYTECODE": "1"}
+        env.pop("PYTEST_ADDOPTS", None)
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", *tests],
+                             cwd=where, env=env, capture_output=True, text=True, timeout=TEST_TIMEOUT_S * 2)
+    failed = set()
+    for line in run.stdout.splitlines():
+        if line.startswith(("FAILED ", "ERROR ")):
+            failed.add(line.split()[1].split(" - ")[0])
+    if run.returncode not in (0, 1) and not failed:
+        raise SystemExit(f"the baseline run of the mutants' tests could not run (pytest exit {run.returncode}): "
+                         f"{(run.stdout + run.stderr).strip().splitlines()[-1:]}")
+    return failed
+
+
+def _guarded_by(test: str, failed: set[str]) -> bool:
+    return any(f == test or f.startswith(test + "::") or f.startswith(test + "[") for f in failed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--area", action="append", help="only this area file (repeatable)")
@@ -121,10 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     if not mutants:
         print("no mutants selected", file=sys.stderr)
         return 1
-    print(f"{len(mutants)} hand-written mutants, {args.jobs} at a time", flush=True)
-    results = []
+    print(f"{len(mutants)} hand-written mutants, {args.jobs} at a time; first their tests, unmutated", flush=True)
+    failed = baseline_failures(mutants)
+    for test in sorted(failed):
+        print(f"baseline FAILS without a mutant: {test}", flush=True)
+    results = [{"area": m.area, "id": m.id, "rule": m.rule, "verdict": "error", "detail": "baseline: its tests "
+                "fail without the mutant", "seconds": 0.0} for m in mutants if any(_guarded_by(t, failed) for t in m.tests)]
+    runnable = [m for m in mutants if not any(_guarded_by(t, failed) for t in m.tests)]
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for result in pool.map(run_mutant, mutants):
+        for result in pool.map(run_mutant, runnable):
             results.append(result)
             print(f"{result['verdict']:9} {result['area']}/{result['id']} ({result['seconds']} s): {result['rule']}"
                   + ("" if result["verdict"] == "killed" else f" [{result['detail']}]"), flush=True)
