@@ -33,4 +33,9 @@ def test_each_mutant_applies_to_todays_code(mutant) -> None:
     assert text.count(mutant.find) == 1, f"{mutant.file}: the find text of {mutant.id} occurs {text.count(mutant.find)} times"
     assert mutant.replace != mutant.find
     for test in mutant.tests:
-        assert (ROOT / test.split("::")[0]).is_file(), f"{mutant.id}: no test file {test}"
+        path, _, name = test.partition("::")
+        assert (ROOT / path).is_file(), f"{mutant.id}: no test file {test}"
+        if name:  # the named test function (or class) is defined in that file
+            function = name.split("::")[0].split("[")[0]
+            source = (ROOT / path).read_text(encoding="utf-8")
+            assert f"def {function}(" in source or f"class {function}" in source, f"{mutant.id}: no test {test}"
