@@ -168,24 +168,32 @@ def build_backbone_specs(config: ProvisioningConfig, backend: str | None = None,
                     f"{where}: field 'validate': validation runs the engine on a GPU and {gpu}; set "
                     "validate: false here (the engine is still built and sealed) and validate on an "
                     "inference host, or add that GPU's target")
-        specs.append(
-            BackboneSpec(
-                model_name=backbone.model_name,
-                onnx_path=backbone.onnx,
-                precision=backbone.precision,
-                inputs=tuple(sorted(backbone.inputs.items())),
-                external_data=info.external_data,
-                workspace_mb=config.workspace_mb,
-                validate=backbone.validate,
-                hardware_compatibility=backbone.hardware_compatibility,
-                version_compatible=backbone.version_compatible,
-                compute_capabilities=targets,
-            )
-        )
+        specs.append(backbone_spec(config, backbone, info.external_data, compute_capabilities=targets))
     if fresh:  # kept in memory until a build creates the cache folder (see remember_inspection)
         for info in fresh:
             remember_inspection(info, config.cache_dir)
     return tuple(specs)
+
+
+def backbone_spec(config: ProvisioningConfig, backbone: BackboneConfig, external_data: tuple[Path, ...], *,
+                  compute_capabilities: tuple[str, ...] = ()) -> BackboneSpec:
+    """The one mapping of a config backbone to the BackboneSpec its engine is built (and named) from.
+
+    :func:`build_backbone_specs` adds the checks against the ONNX and the host; a release
+    builder (:mod:`provisioning.release.today`) uses it to compute today's inputs the same way.
+    """
+    return BackboneSpec(
+        model_name=backbone.model_name,
+        onnx_path=backbone.onnx,
+        precision=backbone.precision,
+        inputs=tuple(sorted(backbone.inputs.items())),
+        external_data=external_data,
+        workspace_mb=config.workspace_mb,
+        validate=backbone.validate,
+        hardware_compatibility=backbone.hardware_compatibility,
+        version_compatible=backbone.version_compatible,
+        compute_capabilities=compute_capabilities,
+    )
 
 
 _INTEGER_TYPES = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")

@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..compose import backbone_spec
 from ..config import ProvisioningConfig
 from ..errors import ConfigError
 from ..onnxinfo import inspect_onnx, onnx_digest
 from ..schema import EngineFilenameSchema, canonical_sha256, settings_digest
-from ..specs import BackboneSpec
 from .format import BACKENDS
 
 BACKEND_OF_TAG = {"ort": "onnxruntime", "trt": "tensorrt", "trtrtx": "tensorrt-rtx"}
@@ -69,16 +69,7 @@ def today_inputs(config: ProvisioningConfig) -> tuple[TodayInputs, ...]:
     for backbone in config.backbones:
         where = f"{config.config_path}: backbone {backbone.model_name}: field 'onnx'"
         info = inspect_onnx(backbone.onnx, where=where)
-        spec = BackboneSpec(
-            model_name=backbone.model_name,
-            onnx_path=backbone.onnx,
-            precision=backbone.precision,
-            inputs=tuple(sorted(backbone.inputs.items())),
-            external_data=info.external_data,
-            workspace_mb=config.workspace_mb,
-            hardware_compatibility=backbone.hardware_compatibility,
-            version_compatible=backbone.version_compatible,
-        )
+        spec = backbone_spec(config, backbone, info.external_data)  # as the builders named their engines
         settings = {backend: _plain(spec.build_settings(backend)) for backend in BACKENDS}
         try:
             digest = onnx_digest(backbone.onnx, info.external_data)
