@@ -563,3 +563,48 @@ def test_a_dep_file_that_is_not_a_path_creates_no_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert tasks.doit_config(dep_file=None)["dep_file"] is None
     assert list(tmp_path.iterdir()) == []
+
+
+# --- found by the third round (after the split of issue 23): the key check, the long reason, spawned workers -------
+
+def test_a_missing_signing_key_stops_the_generator_with_one_line_and_exit_2(corpus_dir, capsys):
+    (corpus_dir / "remote").mkdir()
+    remote = {"url": f"file://{corpus_dir / 'remote'}", "timeout_s": 3, "signing_key": {"file": "keys/engine.key"}}
+    path = _one(corpus_dir, remote=remote)
+    with pytest.raises(SystemExit) as stopped:
+        _tasks(path)
+    assert stopped.value.code == 2
+    key = corpus_dir / "keys" / "engine.key"
+    assert capsys.readouterr().err == (f"ERROR: {path}: field 'remote.signing_key': cannot read key file {key} "
+                                       "(No such file or directory)\n")
+    assert not (corpus_dir / "cache").exists()
+
+
+def test_a_remote_that_is_off_or_absent_needs_no_key(corpus_dir):
+    (corpus_dir / "remote").mkdir()
+    remote = {"url": f"file://{corpus_dir / 'remote'}", "timeout_s": 3, "signing_key": {"file": "keys/engine.key"},
+              "mode": "off"}
+    assert [t["name"] for t in _tasks(_one(corpus_dir, remote=remote))] == [None, "det"]
+    assert [t["name"] for t in _tasks(_one(corpus_dir))] == [None, "det"]
+
+
+def test_a_long_failure_names_the_build_log_in_the_actions_line_too(corpus_yaml, caplog):
+    """doit -r json shows the action's TaskFailed message: the compiler's short reason, not a second cut of its own."""
+    errors = "; ".join(f"node n{i} (NoSuchOp): unsupported operator NoSuchOp{i} [INVALID_NODE]" for i in range(40))
+    message, logged = _fail_with(corpus_yaml, ConfigError(errors), caplog)
+    assert logged == [message], (logged, message)
+    assert message.startswith("FAILED det: node n0 (NoSuchOp): unsupported operator NoSuchOp0 [INVALID_NODE] (and 39 more; "
+                              "the whole text is in det.") and message.endswith(".build.log)"), message
+    log_name = message.rsplit("the whole text is in ", 1)[1][:-1]
+    assert errors in (corpus_yaml.parent / "cache" / log_name).read_text()
+
+
+def test_a_worker_that_did_not_generate_the_tasks_builds(corpus_dir, settled, monkeypatch):
+    """A spawn or forkserver ``doit -n`` worker has no shared verifier (the generator ran in doit's process only)."""
+    path = _one(corpus_dir)
+    _, det = _tasks(path)
+    spec, host, config = det["actions"][0][1]
+    shared_verifier._RUN_VERIFIER.clear()
+    monkeypatch.setattr(doit_action, "_in_worker", lambda: True)
+    result = tasks.compile_backbone(spec, host, config)
+    assert not isinstance(result, TaskFailed) and result["outcome"] == "BUILT", result
