@@ -49,6 +49,10 @@ _SURVIVORS = "tests/unit/test_mutation_*.py"  # the tests written to kill surviv
 MODULES: dict[str, tuple[str, ...]] = {
     "sidecar.py": ("tests/unit/test_sidecar.py", "tests/unit/test_verify.py", "tests/unit/test_compiler.py",
                    _SURVIVORS, "tests/reliability/test_publish_order.py"),
+    # split from sidecar.py (issue 23): lock files, temporary names
+    "locks.py": ("tests/unit/test_local_cache_files.py", "tests/unit/test_sidecar.py", "tests/unit/test_gc.py",
+                 _SURVIVORS),
+    "tempnames.py": ("tests/unit/test_sidecar.py", "tests/unit/test_local_cache_files.py", _SURVIVORS),
     "manifest.py": ("tests/unit/test_compiler.py", _SURVIVORS, "tests/unit/tensorrt/test_vc_reuse.py"),
     "schema.py": ("tests/unit/test_schema.py", "tests/unit/test_host.py", _SURVIVORS,
                   "tests/unit/tensorrt/test_vc_reuse.py"),
