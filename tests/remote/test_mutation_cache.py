@@ -23,6 +23,7 @@ import os
 import resource
 import shutil
 import signal
+import sys
 import time
 from collections import namedtuple
 from pathlib import Path
@@ -41,6 +42,7 @@ from provisioning.remote import publish as remote_publish
 from provisioning.remote.cache import RemoteCache, RunState, commit_path_for, run_state, shared_manifest
 from provisioning.remote.layout import EntryPaths, inputs_digest
 from provisioning.remote.localstore import LocalRemoteStore
+from provisioning.remote.run_state import RETRY_AFTER_S
 from provisioning.remote.signing import entry_message, split_record, unsigned_record
 from provisioning.remote.store import (
     ConditionalWriteUnsupported, RemoteContentError, RemoteStore, RemoteUnavailable,
@@ -513,6 +515,27 @@ def test_a_dead_remote_turns_the_cache_off_for_the_run(site, logs):
     assert site.fetch(reader) is None  # but this run does not look again
     site.assert_not_installed()
     assert site.objects() == before and len(logs.events("remote_unavailable")) == 1
+
+
+def test_the_runs_verdict_holds_an_hour_for_its_later_caches_then_they_try_again(site, logs, clock, monkeypatch):
+    """A later task of the run (a new RemoteCache, the same config) finds the remote off without calling
+    it, for RETRY_AFTER_S after the failure (exactly an hour still counts); after that it tries again."""
+    monkeypatch.setattr(sys.modules[RunState.__module__], "time", clock)
+    first, store = site.scripted(mode="read-only")
+    store.around["read"] = fail(transport(ConnectionResetError("reset by peer")))
+    assert site.fetch(first) is None
+    reason = f"fetch of file://{site.entry} failed (ConnectionResetError: reset by peer)"
+    site.cache("builder").publish(site.built)  # the remote is back, with the entry
+    clock.now += RETRY_AFTER_S
+    later, later_store = site.scripted(mode="read-only")
+    assert later.run is first.run and later.disabled_reason == reason
+    assert site.fetch(later) is None and later_store.calls == []
+    clock.now += 0.5
+    again, again_store = site.scripted(mode="read-only")
+    assert again.disabled_reason is None
+    assert site.fetch(again) is not None and again_store.count("read") >= 1
+    site.assert_installed(site.commit().read_bytes())
+    assert len(logs.events("remote_unavailable")) == 1
 
 
 def test_a_read_write_host_fails_at_marking_itself_seen(site, logs):
@@ -1115,6 +1138,20 @@ def test_a_manifest_that_does_not_hash_to_its_name_is_discarded_then_replaced(si
     assert _discarded(logs) == ["manifest part does not match its commit record"]
     reader.publish(site.built)  # the garbage part is deleted first, so the real one can be created
     assert {k: v for k, v in site.objects().items() if not k.endswith("_seen.json")} == good
+    assert site.fetch(site.cache(mode="read-only"), host="c") is not None
+
+
+def test_an_oversized_object_at_the_manifests_name_is_discarded_then_replaced(site, logs, clock):
+    site.cache("builder").publish(site.built)
+    good = site.objects()
+    site.manifest_part.write_bytes(b"x" * (MIB + 1))  # planted under the name the record gives: never read whole
+    reader = site.cache()
+    assert site.fetch(reader) is None
+    assert _discarded(logs) == ["manifest part larger than 1048576 bytes"]
+    reader.publish(site.built)  # the oversized part is deleted first, so the real one can be created
+    assert {k: v for k, v in site.objects().items() if not k.endswith("_seen.json")} == good
+    assert reader.disabled_reason is None and upload_line(logs).uploaded is True
+    assert logs.events("remote_upload_skipped") == [] and logs.events("remote_unavailable") == []
     assert site.fetch(site.cache(mode="read-only"), host="c") is not None
 
 
