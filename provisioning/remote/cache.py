@@ -61,7 +61,6 @@ class RemoteCache(EntryFetch, CommitOrWait, CommitLookup, EntryPublish, EntryRep
         self.store = store
         self.keys = keys
         self.run = run if run is not None else run_state(config)
-        self._disabled_reason: str | None = None
         self._leases: dict[str, BuilderLease] = {}
         self._condemned: dict[str, list[Condemned]] = {}  # entry base -> records this run discarded
         self._seen_marked = False
@@ -71,12 +70,9 @@ class RemoteCache(EntryFetch, CommitOrWait, CommitLookup, EntryPublish, EntryRep
 
     @property
     def disabled_reason(self) -> str | None:
-        """Why the remote is off for this run (a transport failure, here or in an earlier task); None when on."""
-        return self._disabled_reason or self.run.off_reason()
-
-    @disabled_reason.setter
-    def disabled_reason(self, reason: str | None) -> None:
-        self._disabled_reason = reason
+        """Why the remote is off for this run (a transport failure, here or in an earlier task, under
+        RETRY_AFTER_S ago: a cache a long-lived process holds tries again after that too); None when on."""
+        return self.run.off_reason()
 
     # -- policy ------------------------------------------------------------------------
     @property
@@ -130,7 +126,6 @@ class RemoteCache(EntryFetch, CommitOrWait, CommitLookup, EntryPublish, EntryRep
         self.store.put_bytes(f"{self.store.host_dir(host_key)}/{SEEN}", document, self.config.timeout_s)
 
     def _disable(self, reason: str, model_name: str, consequence: str = "building locally") -> None:
-        self.disabled_reason = reason
         self.run.turn_off(reason)
         log.warning(
             "remote cache %s: %s; %s, remote cache off for the rest of this run "

@@ -538,6 +538,21 @@ def test_the_runs_verdict_holds_an_hour_for_its_later_caches_then_they_try_again
     assert len(logs.events("remote_unavailable")) == 1
 
 
+def test_a_cache_held_past_the_hour_tries_the_remote_again_too(site, logs, clock, monkeypatch):
+    """A process that keeps one compiler (build_engine_compiler) for its life: the cache that met the
+    failure is itself back on after RETRY_AFTER_S, as the run's new caches are."""
+    monkeypatch.setattr(sys.modules[RunState.__module__], "time", clock)
+    held, store = site.scripted(mode="read-only")
+    store.around["read"] = fail(transport(ConnectionResetError("reset by peer")), times=1)
+    assert site.fetch(held) is None and held.disabled_reason is not None
+    site.cache("builder").publish(site.built)
+    assert site.fetch(held) is None and store.count("read") == 1  # off: not asked again
+    clock.now += RETRY_AFTER_S + 0.5
+    assert held.disabled_reason is None
+    assert site.fetch(held) is not None
+    site.assert_installed(site.commit().read_bytes())
+
+
 def test_a_read_write_host_fails_at_marking_itself_seen(site, logs):
     site.root.write_bytes(b"not a folder")
     cache = site.cache()
