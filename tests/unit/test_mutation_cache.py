@@ -86,6 +86,14 @@ def test_a_symlinked_manifest_is_named_as_such(tmp_path):
     assert _check(engine).reasons == (f"manifest {manifest.name} is a symlink; not followed",)
 
 
+def test_a_fifo_manifest_is_named_as_such_and_not_read(tmp_path):
+    engine = _publish(tmp_path, _spec(), CPU)
+    manifest = manifest_path_for(engine)
+    manifest.unlink()
+    os.mkfifo(manifest)  # opening it for reading would wait for a writer
+    assert _check(engine).reasons == (f"manifest {manifest.name} is not a regular file (a FIFO?); not read",)
+
+
 def test_a_manifest_of_other_inputs_or_another_engine_is_a_miss(tmp_path):
     engine = _publish(tmp_path, _spec(), CPU)
     assert _check(engine, host=HostCapabilities("onnxruntime", "1.24.0", "x86_64", ("avx2", "fma"))).reasons == \
@@ -314,3 +322,27 @@ def test_an_event_after_a_torn_line_is_not_lost_with_it(tmp_path):
         log.write(b'{"outcome": "REUSED", "mod')  # what a short write on a full disk leaves
     append_event(tmp_path, {"outcome": "BUILT", "model_name": "cls"})
     assert [e["model_name"] for e in read_events(tmp_path)] == ["det", "cls"]
+
+
+def test_a_fifo_or_hard_linked_event_log_is_refused_with_what_to_do(tmp_path, caplog):
+    fifo, linked = tmp_path / "fifo", tmp_path / "linked"
+    fifo.mkdir()
+    linked.mkdir()
+    os.mkfifo(fifo / EVENTS_FILE)  # opened for writing, the event would vanish into the pipe
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"keep\n")
+    os.link(outside, linked / EVENTS_FILE)  # a second name of a file outside the cache
+    with caplog.at_level(logging.WARNING, logger="provisioning.cache"):
+        append_event(fifo, {"outcome": "BUILT"})
+        append_event(linked, {"outcome": "BUILT"})
+    assert outside.read_bytes() == b"keep\n"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cannot append to {fifo / EVENTS_FILE} (not a regular file; nothing in the cache makes one; remove it);"
+        " event not recorded",
+        f"cannot append to {linked / EVENTS_FILE} (it has 2 hard links; nothing in the cache makes one;"
+        " remove it); event not recorded"]
+
+
+def test_an_event_log_line_that_is_not_utf8_is_skipped_not_a_crash(tmp_path):
+    (tmp_path / EVENTS_FILE).write_bytes(b'{"outcome": "BUILT"}\n\xff\xfe torn\n{"outcome": "REUSED"}\n')
+    assert read_events(tmp_path) == [{"outcome": "BUILT"}, {"outcome": "REUSED"}]
