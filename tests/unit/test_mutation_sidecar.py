@@ -219,3 +219,62 @@ def test_the_verified_size_counts_every_chunk_of_a_large_engine(tmp_path, monkey
     monkeypatch.setattr(sidecar, "CHUNK_BYTES", 64)
     check = Sha256Sidecar.check(engine)
     assert check.ok is True and check.size == 400
+
+
+# --- FIFOs and other non-files where a file belongs (issue 22) -----------------------------------------
+
+def test_is_regular_or_gone_is_false_only_for_a_fifo_or_a_folder(tmp_path):
+    from provisioning.sidecar import is_regular_or_gone
+
+    (tmp_path / "file").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    os.mkfifo(tmp_path / "fifo")
+    assert is_regular_or_gone(tmp_path / "gone") and is_regular_or_gone(tmp_path / "file")
+    assert is_regular_or_gone(tmp_path / "link")
+    assert not is_regular_or_gone(tmp_path / "fifo") and not is_regular_or_gone(tmp_path)
+
+
+def test_open_nofollow_refuses_a_fifo_at_once_with_eisdir_and_the_path(tmp_path):
+    import errno
+    import signal
+
+    from provisioning.sidecar import open_nofollow
+
+    fifo = tmp_path / "engine.plan"
+    os.mkfifo(fifo)
+
+    def _hung(*_):
+        raise TimeoutError("open_nofollow waited for a writer on a FIFO")
+
+    old = signal.signal(signal.SIGALRM, _hung)
+    signal.alarm(5)
+    try:
+        with pytest.raises(IsADirectoryError) as caught:
+            open_nofollow(fifo)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert (caught.value.errno, caught.value.strerror, caught.value.filename) == (
+        errno.EISDIR, "not a regular file", str(fifo))
+
+
+def test_a_fifo_sidecar_is_named_as_such_and_not_read(tmp_path):
+    engine = tmp_path / "det.plan"
+    Sha256Sidecar.write_atomic_and_sidecar(engine, b"plan")
+    sidecar_path = Sha256Sidecar.path_for(engine)
+    sidecar_path.unlink()
+    os.mkfifo(sidecar_path)
+    check = Sha256Sidecar.check(engine)
+    assert (check.ok, check.reason) == (False, f"sidecar {sidecar_path.name} is not a regular file (a FIFO?); not read")
+
+
+def test_a_mismatch_carries_the_digest_and_size_of_the_bytes_found(tmp_path):
+    import hashlib
+
+    engine = tmp_path / "det.plan"
+    Sha256Sidecar.write_atomic_and_sidecar(engine, b"plan")
+    engine.write_bytes(b"other bytes")
+    check = Sha256Sidecar.check(engine)
+    assert (check.ok, check.reason, check.sha256, check.size) == (
+        False, "engine bytes do not match the sidecar (corrupt or truncated)",
+        hashlib.sha256(b"other bytes").hexdigest(), 11)
