@@ -431,3 +431,73 @@ def test_an_engine_validated_by_another_process_meanwhile_is_not_validated_again
     result = _run(config, specs, backend, verify=stale)
     assert result.outcome is CompileOutcome.REUSED
     assert backend.hosts == []  # its validation record already covers today's criteria
+
+
+# --- issue 22: the lock-wait line, the FAILED heading in the build log, heartbeat rounding -------------
+
+def test_a_build_waiting_on_the_lock_says_for_which_backbone_and_beats_at_its_interval(corpus_dir, logged):  # noqa: F811
+    import threading
+
+    from provisioning.cache import engine_lock
+
+    config, specs = _specs(corpus_dir)
+    engine = _run(config, specs).entry.path
+    engine.unlink()  # a miss: the next run builds, under the lock
+    held, done = threading.Event(), threading.Event()
+
+    def holder():  # another builder (a lock object of its own, as another process has)
+        lock = engine_lock(engine)
+        with lock:
+            held.set()
+            done.wait(10)
+            deadline = time.monotonic() + 3  # held until the waiter has beaten once (or 3 s)
+            while time.monotonic() < deadline and not any(
+                    getattr(r, "phase", None) == "waiting for the build lock" for r in list(logged.records)):
+                time.sleep(0.02)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait(10)
+    try:
+        done.set()
+        result = _run(config, specs, heartbeat_s=0.1)
+    finally:
+        done.set()
+        thread.join()
+    assert result.outcome is CompileOutcome.BUILT
+    waits = [r for r in logged.records if getattr(r, "event", None) in ("lock_wait", "heartbeat")]
+    lines = [r.getMessage() for r in waits]
+    assert lines[0] == "waiting for det: another build holds its lock (holder unknown)"
+    assert waits[0].model_name == "det"
+    assert "building det: waiting for the build lock, 0 s elapsed" in lines[1:]  # every 0.1 s, not every 5 s
+
+
+def test_a_long_failure_is_written_under_its_heading_and_only_a_written_log_is_named(corpus_dir, logged):  # noqa: F811
+    from provisioning.failtext import MAX_REASON, build_log_for
+
+    class Fails(NoValidation):
+        def compile_engine(self, spec, host, output):
+            raise RuntimeError("x" * (MAX_REASON + 20) + "\nthe rest")
+
+    config, specs = _specs(corpus_dir)
+    name = _run(config, specs).entry.file_name
+    (config.cache_dir / name).unlink()
+    log_path = build_log_for(config.cache_dir, name)
+    with pytest.raises(RuntimeError):
+        _run(config, specs, Fails())
+    assert log_path.read_text().startswith("# FAILED det: RuntimeError\n" + "x" * (MAX_REASON + 20) + "\nthe rest\n")
+    assert read_events(config.cache_dir)[-1]["reason"].endswith(f"(the whole text is in {log_path.name})")
+    log_path.unlink()
+    log_path.mkdir()  # the log cannot be written: the reason must not point at it
+    with pytest.raises(RuntimeError):
+        _run(config, specs, Fails())
+    assert read_events(config.cache_dir)[-1]["reason"].endswith("(the rest is not shown)")
+
+
+def test_a_heartbeat_gives_its_elapsed_seconds_to_one_decimal(logged):  # noqa: F811
+    beat = compiler_module._Heartbeat("det", 0.05)
+    beat.started -= 1.234  # hundredths that one-decimal rounding drops
+    with beat:
+        time.sleep(0.13)
+    values = [r.elapsed_s for r in logged.records if getattr(r, "event", None) == "heartbeat"]
+    assert values and all(v == round(v, 1) for v in values), values
