@@ -292,20 +292,10 @@ class EnginesPath(_EnginesCommand):
     cmd_options = (opt_config, opt_json)
 
     def execute(self, params: Any, args: list[str]) -> int:
-        from doit.cmdparse import CmdParse, CmdParseError
-
-        # doit stops parsing options at the first positional: MODEL --json -f DODO --config PATH
-        # are parsed here, so that an option after the name is never taken for a second name
-        parser, rest, args = CmdParse(self.get_options()), list(args), []
-        while rest:
-            if rest[0].startswith("-") and rest[0] != "-":
-                try:
-                    _, rest = parser.parse_only(rest, params)
-                except CmdParseError as exc:
-                    text = str(exc).split(" (parsing options", 1)[0].replace("Error parsing Command: ", "")
-                    return _error(f"{self.name}: {text}; see 'doit help {self.name}'", USAGE_ERROR)
-            else:
-                args.append(rest.pop(0))
+        try:  # MODEL --json -f DODO --config PATH: an option after the name is never a second name
+            args = positional_args(self, params, args)
+        except CommandUsageError as exc:
+            return _error(str(exc), USAGE_ERROR)
         if len(args) != 1:
             return _error(f"{self.name}: give exactly one backbone name (doit engines-path MODEL); "
                           f"got {len(args)}", USAGE_ERROR)
@@ -352,6 +342,33 @@ def _remote_gc(params: dict[str, Any], path: Any) -> int:
         return _error(f"engines-gc --remote: {corpus.config.config_path} has no enabled remote: block", USAGE_ERROR)
     print(json.dumps(report.as_dict(), indent=2) if params["json"] else report.render(human_bytes))
     return 0
+
+
+class CommandUsageError(Exception):
+    """An option a command does not have, or one without its value (one line; exit USAGE_ERROR)."""
+
+
+def positional_args(command: Any, params: Any, args: list[str]) -> list[str]:
+    """The positional arguments among ``args``; options anywhere among them are parsed into ``params``.
+
+    doit's parser stops at the first positional argument, so ``engines-path det --json`` or
+    ``engines-pull RELEASE --dry-run`` would lose their options; every command that takes a
+    positional parses the rest here, with doit's own parser (short names, ``--name=value``
+    and flags work as they do before the positional).
+    """
+    from doit.cmdparse import CmdParse, CmdParseError
+
+    parser, rest, positional = CmdParse(command.get_options()), list(args), []
+    while rest:
+        if rest[0].startswith("-") and rest[0] != "-":
+            try:
+                _, rest = parser.parse_only(rest, params)
+            except CmdParseError as exc:
+                text = str(exc).split(" (parsing options", 1)[0].replace("Error parsing Command: ", "")
+                raise CommandUsageError(f"{command.name}: {text}; see 'doit help {command.name}'") from None
+        else:
+            positional.append(rest.pop(0))
+    return positional
 
 
 def _error(message: str, code: int) -> int:

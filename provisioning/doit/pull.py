@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import ProvisioningError
 from ..interrupt import Interrupted, guard
-from .commands import USAGE_ERROR, _EnginesCommand, _error, opt_json
+from .commands import USAGE_ERROR, CommandUsageError, _EnginesCommand, _error, opt_json, positional_args
 
 opt_serving = {
     "name": "serving_config", "long": "serving-config", "type": str, "default": "",
@@ -55,7 +55,10 @@ class EnginesPull(_EnginesCommand):
         return super().parse_execute(restore_runtime_word(list(in_args)))
 
     def execute(self, params: Any, args: list[str]) -> int:
-        params, args = _options_after_positional(self, params, args)
+        try:  # options after RELEASE too
+            args = positional_args(self, params, args)
+        except CommandUsageError as exc:
+            return _error(str(exc), USAGE_ERROR)
         if len(args) != 1:
             return _error(f"{self.name}: give exactly one release file (doit engines-pull RELEASE); got {len(args)}",
                           USAGE_ERROR)
@@ -137,28 +140,6 @@ def restore_runtime_word(in_args: list[str]) -> list[str]:
         return in_args
     at = in_args.index("--runtime") + 1
     return [*in_args[:at], spec, *in_args[at:]]
-
-
-def _options_after_positional(command: Any, params: Any, args: list[str]) -> tuple[Any, list[str]]:
-    """Options after RELEASE too (doit's parser stops at the first positional argument)."""
-    takes_value = {f"--{o['long']}" for o in command.cmd_options if o["type"] is not bool}
-    params, positional, rest, i = dict(params), [], [], 0
-    while i < len(args):
-        word = args[i]
-        if word in takes_value and i + 1 < len(args):
-            rest += [word, args[i + 1]]
-            i += 2
-        else:
-            (rest if word.startswith("-") else positional).append(word)
-            i += 1
-    if not rest:
-        return params, positional
-    extra, leftover = command.cmdparser.parse(rest)
-    defaults = {o["name"]: o["default"] for o in command.cmd_options}
-    for name, value in extra.items():
-        if name in defaults and value != defaults[name]:
-            params[name] = value
-    return params, positional + list(leftover)
 
 
 def _runtime_variable() -> str | None:

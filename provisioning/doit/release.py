@@ -26,10 +26,9 @@ from typing import Any
 
 from ..release.format import Release, ReleaseError, Variant, sign_release
 from ..sidecar import atomic_write_bytes
-from .commands import USAGE_ERROR, _EnginesCommand, _error, opt_config
+from .commands import USAGE_ERROR, CommandUsageError, _EnginesCommand, _error, opt_config, positional_args
 from .corpus import _initial_workdir, load_config_only
 
-_VALUE_OPTIONS = {"--require": "require", "--created": "created", "--config": "config", "-c": "config"}
 
 
 class EnginesRelease(_EnginesCommand):
@@ -55,23 +54,10 @@ class EnginesRelease(_EnginesCommand):
     )
 
     def execute(self, params: Any, args: list[str]) -> int:
-        # doit stops parsing options at the first positional: accept OUT --require X as well.
-        rest, positional = list(args), []
-        while rest:
-            arg = rest.pop(0)
-            name, eq, value = arg.partition("=")
-            if arg == "--upload-local":
-                params["upload_local"] = True
-            elif name in _VALUE_OPTIONS:
-                if not eq:
-                    if not rest:
-                        return _error(f"{self.name}: {name} needs a value", USAGE_ERROR)
-                    value = rest.pop(0)
-                params[_VALUE_OPTIONS[name]] = value
-            elif arg.startswith("-"):
-                return _error(f"{self.name}: unknown option {arg}; see 'doit help {self.name}'", USAGE_ERROR)
-            else:
-                positional.append(arg)
+        try:  # OUT --require X as well as --require X OUT
+            positional = positional_args(self, params, args)
+        except CommandUsageError as exc:
+            return _error(str(exc), USAGE_ERROR)
         if len(positional) != 1:
             return _error(f"{self.name}: give exactly one output file (doit engines-release OUT); "
                           f"got {len(positional)}", USAGE_ERROR)

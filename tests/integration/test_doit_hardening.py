@@ -169,6 +169,24 @@ def test_engines_path_takes_options_after_the_model_name(built: Project) -> None
     assert "Traceback" not in _output(bad)
 
 
+def test_every_command_with_a_positional_reads_options_after_it_the_same_way(tmp_path: Path) -> None:
+    """engines-path, engines-pull and engines-release share one parser for what follows the
+    positional: an unknown option or a missing value is one usage line, exit 2 (engines-pull used
+    to end in doit's own multi-line parser error, exit 3)."""
+    for argv, option in ((["engines-pull", "r.json", "--bogus"], "--bogus"),
+                         (["engines-pull", "r.json", "--runtime"], "--runtime"),
+                         (["engines-release", "out.json", "--bogus"], "--bogus"),
+                         (["engines-release", "out.json", "--require"], "--require"),
+                         (["engines-path", "det", "--bogus"], "--bogus")):
+        result = subprocess.run([sys.executable, "-m", "doit", *argv], cwd=tmp_path, env=clean_env(),
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, (argv, _output(result))
+        assert result.stderr == (f"ERROR: {argv[0]}: option {option} "
+                                 f"{'not recognized' if option == '--bogus' else 'requires argument'}; "
+                                 f"see 'doit help {argv[0]}'\n"), (argv, _output(result))
+        assert not (tmp_path / "out.json").exists()
+
+
 # --- 30: waiting for another process's build lock --------------------------------------------------------------------
 
 HOLD = """
