@@ -37,6 +37,7 @@ from .errors import UnsafePathError
 from .lockwait import HOLDER_SUFFIX, holder_path
 from .schema import ENGINE_SUFFIX, EngineFilenameSchema, ParsedEngineName
 from .sidecar import is_temp_name, temp_owner_pid
+from .tempnames import process_alive
 
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -173,7 +174,7 @@ def scan_cache(cache_dir: Path) -> CacheScan:
             continue
         if is_temp_name(name):
             pid = temp_owner_pid(name)
-            leftovers.append(LeftoverFile(Path(entry.path), _size(entry), "temp", pid, _alive(pid)))
+            leftovers.append(LeftoverFile(Path(entry.path), _size(entry), "temp", pid, process_alive(pid)))
             continue
         for suffix in COMPANION_SUFFIXES:
             if name.endswith(ENGINE_SUFFIX + suffix) and name[: -len(suffix)] not in names:
@@ -212,7 +213,7 @@ def _orphan_locks(locks: Path, names: set[str]) -> list[LeftoverFile]:
         path = Path(entry.path)
         if is_temp_name(entry.name):
             pid = temp_owner_pid(entry.name)
-            found.append(LeftoverFile(path, _size(entry), "temp", pid, _alive(pid)))
+            found.append(LeftoverFile(path, _size(entry), "temp", pid, process_alive(pid)))
             continue
         holder = entry.name.endswith(".lock" + HOLDER_SUFFIX)
         lock_name = entry.name.removesuffix(HOLDER_SUFFIX) if holder else entry.name
@@ -341,18 +342,6 @@ def _remove(path: Path) -> bool:
             os.unlink(path)
     except FileNotFoundError:
         return False
-    return True
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
     return True
 
 

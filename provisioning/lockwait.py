@@ -32,7 +32,7 @@ from typing import Any, Iterator
 from filelock import Timeout
 
 from .cache import lock_path_for
-from .tempnames import temp_path_for
+from .tempnames import process_alive, temp_path_for
 
 log = logging.getLogger("provisioning.compiler")
 
@@ -93,19 +93,9 @@ def read_holder(engine_path: Path) -> dict[str, Any] | None:
             or isinstance(since, bool) or not isinstance(host, str)
             or not 0 < since < time.time() + 86400):  # a clock a day ahead, at most (and never NaN)
         return None
-    if host == socket.gethostname()[:64] and not _alive(pid):
+    if host == socket.gethostname()[:64] and not process_alive(pid):
         return None  # left by a build that was killed: the lock's holder is someone else
     return {"pid": pid, "since": float(since), "host": host}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by another user
-    return True
 
 
 def holder_text(holder: dict[str, Any] | None, now: float | None = None) -> str:

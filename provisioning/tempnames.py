@@ -1,4 +1,4 @@
-"""The names of temporary files: process-unique, recognisable, carrying their owner's pid.
+"""The names of temporary files: process-unique, recognisable, carrying their owner's pid (and whether it lives).
 
 The lowest layer: both the atomic writes (:mod:`provisioning.sidecar`) and the interrupt
 handling that sweeps a process's own leftovers (:mod:`provisioning.interrupt`) use them.
@@ -30,3 +30,20 @@ def temp_owner_pid(name: str) -> int | None:
         return int(parts[-2])
     except (IndexError, ValueError):
         return None
+
+
+def process_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` exists on this host (a temporary file's owner, a lock's holder).
+
+    A pid read from a name or a record in the cache may be anything: none, zero, negative or
+    too large for the kernel is no live process, never an error.
+    """
+    if pid is None or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
