@@ -67,8 +67,7 @@ def _fsync(fd: int) -> None:
     os.fsync(fd)  # through any descriptor: writes back the file's dirty pages so far
 
 
-@contextlib.contextmanager
-def writing_back(path: Path) -> Iterator[None]:
+def writing_back(path: Path) -> contextlib.AbstractContextManager[None]:
     """While a library writes ``path`` itself (ONNX Runtime's optimised model), write it back as it grows.
 
     A thread opens the file once it appears and fsyncs it until the block ends, so the disk
@@ -77,28 +76,46 @@ def writing_back(path: Path) -> Iterator[None]:
     library must release the GIL while it writes (ONNX Runtime does). Best effort: any
     error only ends the thread early.
     """
+    def open_when_there(done: threading.Event) -> int:
+        while not done.is_set():
+            try:
+                return open_nofollow(path)
+            except FileNotFoundError:
+                done.wait(_WRITEBACK_POLL_S)
+        return -1
+
+    return _fsyncing(open_when_there, _WRITEBACK_POLL_S, "engine-writeback")
+
+
+def writing_back_fd(fd: int, interval_s: float) -> contextlib.AbstractContextManager[None]:
+    """The same for a file this process writes through ``fd`` (a download): fsync it every ``interval_s``.
+
+    The thread works on its own duplicate of ``fd``, so the caller may close ``fd`` as soon as
+    the block ends.
+    """
+    own = os.dup(fd)
+    return _fsyncing(lambda done: own, interval_s, "pull-writeback")
+
+
+@contextlib.contextmanager
+def _fsyncing(open_fd: Callable[[threading.Event], int], interval_s: float, name: str) -> Iterator[None]:
+    """A thread fsyncs the descriptor ``open_fd`` gives (-1: none) every ``interval_s`` until the block ends."""
     done = threading.Event()
 
     def run() -> None:
         fd = -1
         try:
-            while fd < 0:
-                if done.is_set():
-                    return
-                try:
-                    fd = open_nofollow(path)
-                except FileNotFoundError:
-                    done.wait(_WRITEBACK_POLL_S)
-            while not done.is_set():
+            fd = open_fd(done)
+            while fd >= 0 and not done.is_set():
                 _fsync(fd)
-                done.wait(_WRITEBACK_POLL_S)
+                done.wait(interval_s)
         except OSError:
             pass
         finally:
             if fd >= 0:
                 os.close(fd)
 
-    thread = threading.Thread(target=run, name="engine-writeback", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     try:
         yield

@@ -21,7 +21,6 @@ remaining downloads are not tried.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -30,8 +29,9 @@ import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
+from ..backends.base import writing_back_fd
 from ..cache import engine_lock, ensure_cache_dir
 from ..errors import ConfigError
 from ..manifest import manifest_path_for, read_manifest
@@ -334,7 +334,7 @@ def _fetch(run: _Run, release: Release, variant: Variant, path: Path) -> None:
     fd, tmp = create_temp(path)
     try:
         try:
-            with _writing_back(fd):
+            with writing_back_fd(fd, _WRITEBACK_S):  # the disk writes while the network delivers
                 try:
                     store.download(f"{base}/{variant.entry.engine}", fd, variant.size, variant.sha256, timeout)
                 except FileNotFoundError:
@@ -348,34 +348,6 @@ def _fetch(run: _Run, release: Release, variant: Variant, path: Path) -> None:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-
-
-@contextlib.contextmanager
-def _writing_back(fd: int) -> Iterator[None]:
-    """Write the download back to disk while it arrives (a thread fsyncs it every few milliseconds).
-
-    Without it every byte would reach the disk only at the final fsync, after the transfer;
-    with it the disk writes while the network delivers. Best effort: an error ends the thread.
-    """
-    done = threading.Event()
-    own = os.dup(fd)  # closed by the thread: the caller may close ``fd`` as soon as the block ends
-
-    def run() -> None:
-        try:
-            while not done.wait(_WRITEBACK_S):
-                os.fsync(own)
-        except OSError:
-            pass
-        finally:
-            os.close(own)
-
-    thread = threading.Thread(target=run, name="pull-writeback", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
 
 
 def _check_manifest(blob: bytes, variant: Variant, release: Release) -> None:
