@@ -34,12 +34,10 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -63,23 +61,6 @@ class Row:
     @property
     def passed(self) -> bool:
         return self.measured <= self.limit
-
-
-def start_moto() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen([PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(400):
-        try:
-            urllib.request.urlopen(endpoint + "/moto-api/", timeout=0.5).close()
-            return proc, endpoint
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("moto server did not start")
 
 
 def publish(work: Path, endpoint: str, engines: int, size: int) -> tuple[Path, Path, list[str]]:
@@ -229,15 +210,18 @@ def main() -> int:
     os.environ.update(ENV)  # moto's dummy credentials, for this process and the timed children
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     load_start = os.getloadavg()[0]
-    proc, endpoint = start_moto()
+    sys.path.insert(0, str(ROOT))
+    from tests.remote.conftest import MotoServer  # the tests' moto server on loopback
+
+    server = MotoServer().start()
+    endpoint = server.endpoint
     try:
         with tempfile.TemporaryDirectory(prefix="release-perf-") as tmp:
             work = Path(tmp)
             release, serving, keys = publish(work, endpoint, args.engines, int(args.mb * 1e6))
             rows = measure(work, endpoint, release, serving, keys, args.repeat)
     finally:
-        proc.kill()
-        proc.wait()
+        server.stop()
     for row in rows:
         mark = "ok  " if row.passed else "FAIL"
         print(f"{mark} {row.name:<10} {row.measured:6.3f} (<= {row.limit})  {row.what}: {row.detail}")
